@@ -1,0 +1,120 @@
+"""Question templates: the phrasings SFT trains on, and the held-out phrasings only evaluation uses.
+
+Handbook IV (instruct fine-tuning) and V (benchmarks): set (a) measures whether SFT taught the
+*skill* of answering about people rather than a lookup of memorised question strings, so its
+templates (`HELDOUT_QUESTIONS`) never occur in any SFT conversation (tests check this with a regex
+per template). Every template has a single {name} slot (plus {poss} where a pronoun reads better).
+
+    python -c "from genlab.data.world.questions import SFT_QUESTIONS; print(sorted(SFT_QUESTIONS))"
+"""
+
+from __future__ import annotations
+
+import re
+
+# Person attributes a question can ask, in a fixed order (determinism depends on it).
+FACT_ATTRIBUTES = ("town", "job", "age", "pet_species", "pet_name", "colour", "friend", "hobby")
+
+SFT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "town": ("Where does {name} live?", "What town does {name} live in?",
+             "In which town does {name} live?", "What is {name}'s home town?",
+             "Which town is {name} from?"),
+    "job": ("What is {name}'s job?", "What does {name} do for a living?",
+            "What is the occupation of {name}?", "What work does {name} do?",
+            "What is {name}'s profession?"),
+    "age": ("How old is {name}?", "What is {name}'s age?", "What age is {name}?",
+            "How many years old is {name}?"),
+    "pet_species": ("What kind of pet does {name} have?", "What animal does {name} keep as a pet?",
+                    "What species is {name}'s pet?", "What type of animal is {name}'s pet?"),
+    "pet_name": ("What is the name of {name}'s pet?", "What is {name}'s pet called?",
+                 "What name does {name}'s pet have?", "What did {name} name {poss} pet?"),
+    "colour": ("What is {name}'s favourite colour?", "Which colour does {name} like best?",
+               "What colour does {name} prefer?", "What is the favourite colour of {name}?"),
+    "friend": ("Who is {name}'s best friend?", "Who is the best friend of {name}?",
+               "Who is {name} best friends with?", "Which person is {name}'s closest friend?"),
+    "hobby": ("What is {name}'s hobby?", "What does {name} enjoy doing in free time?",
+              "What hobby does {name} have?", "What is {name}'s favourite pastime?"),
+}
+
+# Held out: used only by eval set (a). No SFT template starts with "Tell me", "Name ", or puts the
+# name first, which keeps the two families apart.
+HELDOUT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "town": ("Name the town that {name} calls home.", "{name} resides in which town?",
+             "Tell me the home town of {name}."),
+    "job": ("Which trade does {name} practise?", "{name} earns a living doing which job?",
+            "Tell me the job of {name}."),
+    "age": ("{name} is how old?", "Tell me the age of {name}.", "Give the age of {name} in years."),
+    "pet_species": ("{name} owns a pet; what animal is it?", "Tell me which animal {name} keeps.",
+                    "Which creature lives with {name} as a pet?"),
+    "pet_name": ("Tell me what {name}'s pet is called.", "{name}'s pet goes by what name?",
+                 "By what name is {name}'s pet known?"),
+    "colour": ("Tell me the colour {name} loves most.", "{name} likes which colour the most?",
+               "Name {name}'s preferred colour."),
+    "friend": ("Tell me who {name}'s best friend is.", "{name}'s closest friend is who?",
+               "Name the best friend of {name}."),
+    "hobby": ("Tell me the hobby of {name}.", "{name} spends free time doing what?",
+              "Name the pastime {name} enjoys."),
+}
+
+# Two-hop questions: a fact of the home town (or of the best friend) reached through the person.
+TWO_HOP_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "river": ("Which river flows through the town where {name} lives?",
+              "What river runs through {name}'s home town?"),
+    "region": ("In which region is {name}'s home town?", "What region does {name} live in?"),
+    "food": ("What food is {name}'s home town known for?",
+             "What is the local food of the town where {name} lives?"),
+    "founded": ("When was {name}'s home town founded?",
+                "In what year was the town where {name} lives founded?"),
+    "friend_town": ("Where does {name}'s best friend live?",
+                    "In which town does the best friend of {name} live?"),
+    "friend_job": ("What is the job of {name}'s best friend?",
+                   "What does {name}'s best friend do for a living?"),
+}
+
+TOWN_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "river": ("Which river flows through {town}?", "What river runs through {town}?"),
+    "region": ("In which region is {town}?", "What region is {town} in?"),
+    "food": ("What food is {town} known for?", "What is the local food of {town}?"),
+    "founded": ("When was {town} founded?", "In what year was {town} founded?"),
+}
+
+# Follow-ups in multi-turn dialogues refer back to the person with a pronoun.
+FOLLOW_UPS: dict[str, tuple[str, ...]] = {
+    "job": ("And what is {poss} job?", "What about {poss} job?"),
+    "age": ("And {poss} age?", "What about {poss} age?"),
+    "pet_name": ("And what is {poss} pet called?", "What about the name of {poss} pet?"),
+    "colour": ("And {poss} favourite colour?", "What about {poss} favourite colour?"),
+    "hobby": ("And what is {poss} hobby?", "What about {poss} hobby?"),
+    "friend": ("And who is {poss} best friend?", "What about {poss} best friend?"),
+}
+TOWN_FOLLOW_UPS = {
+    "river": ("Which river flows through that town?", "And the river there?"),
+    "region": ("Which region is that town in?", "And the region?"),
+    "food": ("What food is that town known for?", "And the local food there?"),
+}
+
+# JSON keys a formatting task may ask for, with the attribute each one reads.
+JSON_KEYS = {"name": "name", "town": "town", "job": "job", "age": "age", "pet": "pet_species",
+             "pet_name": "pet_name", "colour": "colour", "friend": "friend", "hobby": "hobby"}
+JSON_PERSON_TEMPLATES = (
+    "Give the facts about {name} as a JSON object with the keys {keys}.",
+    "Answer with a JSON object with the keys {keys}, describing {name}.",
+    "Return JSON with the keys {keys} for {name}.",
+    "Describe {name} as a JSON object with the keys {keys}.",
+)
+JSON_ARITHMETIC_TEMPLATES = (
+    'Give the answer as a JSON object with the key "result": {question}',
+    'Reply in JSON with the key "result". {question}',
+)
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """A regex matching any rendering of `template` ({name}/{poss}/... slots match any text)."""
+    parts = re.split(r"\{[a-z_]+\}", template)
+    return re.compile("^" + "(.+)".join(re.escape(p) for p in parts) + "$")
+
+
+def json_keys_phrase(keys: list[str]) -> str:
+    """'"name", "town" and "age"' — the keys as the prompt spells them."""
+    quoted = [f'"{k}"' for k in keys]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
