@@ -1,0 +1,53 @@
+"""`genlab speedrun`: the main job, from raw text to a trained model and its report, on a CPU.
+
+    genlab speedrun --quick
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import typer
+
+from genlab.cli.console import console
+
+
+def speedrun(
+    quick: bool = typer.Option(False, "--quick", help="A ~1 minute run with a tiny model (used by the tests)."),
+    steps: Optional[int] = typer.Option(None, help="Override the number of pretraining steps."),
+    sft_steps: Optional[int] = typer.Option(None, help="Override the number of SFT steps."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    runs_root: str = typer.Option("runs", help="Where run directories go."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: speedrun-<timestamp>)."),
+    seed: int = typer.Option(0, help="Seed for everything."),
+) -> None:
+    """World + real text -> tokenizer -> pretraining -> SFT -> evals -> runs/<name>/report.md."""
+    from genlab.cli.progress import TrainProgress
+    from rich.table import Table
+
+    from genlab.recipes.report import CARD_COLUMNS
+    from genlab.recipes.speedrun import SpeedrunConfig, SpeedrunHooks, run_speedrun
+
+    cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps,
+                                threads=threads, runs_root=runs_root, name=name, seed=seed)
+
+    class Hooks(SpeedrunHooks):
+        def stage(self, stage: str, detail: str = "") -> None:
+            console.print(f"[bold cyan]▸ {stage}[/] {detail}")
+
+        @contextmanager
+        def training(self, description: str, total_steps: int) -> Iterator:
+            with TrainProgress(total_steps, description, console) as bar:
+                yield bar
+
+    result = run_speedrun(cfg, Hooks())
+    s = result.summary
+    table = Table(title="report card")
+    table.add_column("stage")
+    for _, title in CARD_COLUMNS:
+        table.add_column(title, justify="right")
+    for stage, row in s["stages"].items():
+        table.add_row(stage, *[f"{row[k]:.3f}" for k, _ in CARD_COLUMNS])
+    console.print(table)
+    console.print(f"[bold green]done[/] in {s['wall_seconds']:.0f} s -> {result.run_dir}/report.md")

@@ -1,0 +1,64 @@
+"""Supervised fine-tuning: conversations as a dataset the training loop can draw from.
+
+Handbook IV (instruction fine-tuning); Ouyang et al. 2022 (SFT stage), Krell et al. 2021 (packing).
+`SFTDataset` renders conversations with the chat format, packs them into rows with positions and segment
+ids (no attention across conversations) and hands out batches epoch by epoch, shuffled by seed, so the
+trainer (genlab.train.trainer.train) runs SFT with its checkpoints, resume, metrics and progress.
+
+    genlab sft --help
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from genlab.errors import GenlabError
+from genlab.finetune.sft_data import SFTBatch, SFTExample, pack, render_examples
+
+
+class SFTDataset:
+    """Packed SFT rows; `batch` returns (tokens, targets, model kwargs) for the trainer."""
+
+    def __init__(self, train_conversations: Sequence[Any], tokenizer, seq_len: int,
+                 val_conversations: Sequence[Any] = (), seed: int = 0, pad_id: int = 0) -> None:
+        self.seq_len, self.seed, self.pad_id = seq_len, seed, pad_id
+        self.train_examples = render_examples(train_conversations, tokenizer)
+        self.val_examples = render_examples(val_conversations, tokenizer)
+        if not self.train_examples:
+            raise GenlabError("no SFT conversations to train on")
+        # Rows are packed once; each epoch shuffles the rows (cheap) rather than re-packing.
+        self.rows = pack(self._shuffled(self.train_examples, 0), seq_len, batch_size=1, pad_id=pad_id)
+        self.n_target_tokens = sum(e.n_targets for e in self.train_examples)
+
+    def _shuffled(self, examples: list[SFTExample], epoch: int) -> list[SFTExample]:
+        order = list(examples)
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def _stack(rows: Sequence[SFTBatch]) -> SFTBatch:
+        cat = lambda name: torch.cat([getattr(r, name) for r in rows])  # noqa: E731
+        return SFTBatch(cat("tokens"), cat("targets"), cat("positions"), cat("segments"))
+
+    def batch(self, split: str, batch_size: int, seq_len: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """`batch_size` packed rows drawn uniformly by `generator` (stateless, so resume is exact)."""
+        if split != "train":
+            raise GenlabError("SFTDataset.batch draws training rows; use val_batches for evaluation")
+        picked = torch.randint(len(self.rows), (batch_size,), generator=generator).tolist()
+        b = self._stack([self.rows[i] for i in picked])
+        return b.tokens, b.targets, b.model_kwargs()
+
+    def val_batches(self, batch_size: int, seq_len: int,
+                    max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        examples = self.val_examples or self.train_examples[: 4 * batch_size]
+        for i, b in enumerate(pack(examples, self.seq_len, batch_size, self.pad_id)):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield b.tokens, b.targets, b.model_kwargs()

@@ -1,0 +1,244 @@
+"""The main job: synthetic world + real text -> tokenizer -> pretraining -> SFT -> evals -> report card.
+
+Handbook II-IV (the whole path from raw text to a chat model), V (evaluation, sampling). nanochat's
+path on a 2-core CPU with no download: a synthetic world (genlab.data.world) supplies facts said in many
+paraphrases plus conversations about them; the Python standard library supplies real English and code.
+The report card measures what each stage does: bits per byte, and exact-match accuracy on held-out sets
+(a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
+for the base model (few-shot prompt) and the SFT model (chat prompt). Each stage reports through
+`SpeedrunHooks`, so the CLI can draw progress while this module never prints.
+
+    genlab speedrun --quick
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import numpy as np
+import torch
+
+from genlab.data.chat import BOS, CHAT_SPECIAL_TOKENS, END, render_chat, save_tokenizer_dir
+from genlab.data.corpus import split_documents
+from genlab.data.tokens import TokenDataset, write_tokens
+from genlab.data.world import WorldConfig, build_world, sft_conversations
+from genlab.errors import ConfigError
+from genlab.evals.suite import EvalConfig, run_eval_suite, write_results
+from genlab.finetune.sft import SFTDataset
+from genlab.inference.generate import generate
+from genlab.inference.sampling import SamplingParams
+from genlab.models import ModelConfig, Transformer
+from genlab.models.hf_io import save_pretrained
+from genlab.recipes.plots import plot_curves, plot_loss_curves
+from genlab.recipes.report import speedrun_report
+from genlab.recipes.runs import new_run_dir, read_metrics, write_json, write_text
+from genlab.recipes.world_tasks import EVAL_TASKS, eval_items, few_shot_pools, pretraining_mix
+from genlab.tokenizers import BPETokenizer
+from genlab.train.trainer import TrainConfig, train
+
+SAMPLE_CHATS = ["Where does {name} live?", "What is 23 + 58?", "What is the favourite colour of {name}?",
+                "Where does Zzyzx Quorble live?"]
+
+
+@dataclass
+class SpeedrunConfig:
+    mode: str = "default"
+    world_scale: float = 1.0
+    real_text_bytes: int = 300_000  # standard library prose/code mixed into pretraining
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    seq_len: int = 256
+    batch_size: int = 16
+    steps: int = 1500  # pretraining steps
+    lr: float = 3e-3
+    warmup: int = 50
+    eval_every: int = 250
+    sft_steps: int = 400
+    sft_batch_size: int = 16
+    sft_lr: float = 1e-3
+    eval_limit: int | None = 200  # items per eval set (None: all)
+    few_shot_k: int = 3
+    seed: int = 0
+    threads: int | None = None  # None: torch's default
+    runs_root: str = "runs"
+    name: str | None = None
+
+    @classmethod
+    def preset(cls, mode: str, **overrides: Any) -> "SpeedrunConfig":
+        presets = {
+            "default": {},
+            "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
+                          seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
+                          sft_batch_size=8, eval_limit=20, few_shot_k=2,
+                          threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
+        }
+        if mode not in presets:
+            raise ConfigError(f"unknown speedrun mode {mode!r} (choose from {', '.join(presets)})")
+        return cls(mode=mode, **{**presets[mode], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig.llama_like(vocab_size=vocab_size, d_model=self.d_model, n_layer=self.n_layer,
+                                      n_head=self.n_head, max_seq_len=self.seq_len, tie_embeddings=True)
+
+
+StepCallback = Callable[[dict[str, Any]], Any]
+
+
+class SpeedrunHooks:
+    """What the speedrun tells its caller. The defaults do nothing (tests, library use)."""
+
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def training(self, description: str, total_steps: int) -> ContextManager[StepCallback | None]:
+        return nullcontext(None)
+
+
+@dataclass
+class SpeedrunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+
+
+def _evaluate(model, tokenizer, items, bpb_texts, cfg: SpeedrunConfig, mode: str, pools) -> dict[str, Any]:
+    config = EvalConfig(mode=mode, max_tokens=40, few_shot_k=cfg.few_shot_k, seed=cfg.seed, gen_batch_size=32)
+    return run_eval_suite(model, tokenizer, items, bpb_texts=bpb_texts, few_shot_pool=pools, config=config)
+
+
+def _stage_row(results: dict[str, Any]) -> dict[str, Any]:
+    row = {key: results["accuracy"][key] for key in EVAL_TASKS}
+    row["bpb"] = results["bpb"]["bpb"]
+    return row
+
+
+def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> SpeedrunResult:
+    hooks = hooks or SpeedrunHooks()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    run = new_run_dir(cfg.runs_root, "speedrun", cfg.name)
+    write_json(run / "config.json", {"speedrun": dataclasses.asdict(cfg)})
+
+    with _timed(timings, "data"):
+        world = build_world(WorldConfig(seed=cfg.seed, scale=cfg.world_scale))
+        world_docs, real_docs = pretraining_mix(world, cfg.real_text_bytes, cfg.seed)
+        hooks.stage("data", f"world: {len(world.people)} people, {len(world_docs)} documents; "
+                            f"real text: {len(real_docs)} documents")
+        # Held-out text for bits per byte: real documents the model never trains on.
+        real_train, real_val = split_documents(real_docs, val_fraction=0.1, seed=cfg.seed) if real_docs else ([], [])
+        train_docs = world_docs + real_train
+        conversations = sft_conversations(world)
+        items = eval_items(world, cfg.eval_limit, cfg.seed)
+        pools = few_shot_pools(conversations)
+    corpus_bytes = sum(len(d.encode()) for d in train_docs)
+
+    with _timed(timings, "tokenizer"):
+        hooks.stage("tokenizer", f"byte-level BPE, vocab {cfg.vocab_size}, chat special tokens")
+        tokenizer = BPETokenizer.train(train_docs, cfg.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS)
+    bos = tokenizer.special_tokens[BOS]
+
+    with _timed(timings, "tokenize"):
+        encoded = [[bos] + ids for ids in tokenizer.encode_batch(train_docs)]
+        order = np.random.default_rng(cfg.seed).permutation(len(encoded))
+        ids = np.fromiter((t for i in order for t in encoded[i]), dtype=np.int64)
+        token_file = write_tokens(run / "data" / "tokens.bin", ids, vocab_size=tokenizer.vocab_size)
+    dataset = TokenDataset(token_file, val_fraction=0.02)
+
+    model = Transformer(cfg.model_config(tokenizer.vocab_size))
+    pre_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+                          warmup=cfg.warmup, eval_every=cfg.eval_every, eval_batches=4, seed=cfg.seed,
+                          run_dir=str(run / "pretrain"), resume=False)
+    with _timed(timings, "pretrain"):
+        hooks.stage("pretrain", f"{model.num_params() / 1e6:.2f}M parameters, {cfg.steps} steps x "
+                                f"{pre_cfg.tokens_per_step} tokens ({len(ids):,} tokens in the mix)")
+        with hooks.training("pretrain", cfg.steps) as callback:
+            pre = train(model, dataset, pre_cfg, callback=callback)
+    model.eval()
+    save_pretrained(model, run / "base_model")
+    save_tokenizer_dir(tokenizer, run / "base_model", model_max_length=cfg.seq_len)
+
+    with _timed(timings, "eval_base"):
+        hooks.stage("eval base", f"few-shot ({cfg.few_shot_k}-shot) exact match on {len(items)} sets")
+        base_eval = _evaluate(model, tokenizer, items, real_val, cfg, "few_shot", pools)
+        write_results(base_eval, run / "eval_base.json")
+
+    sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
+    sft_cfg = TrainConfig(steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, seq_len=cfg.seq_len, lr=cfg.sft_lr,
+                          warmup=max(1, cfg.sft_steps // 20), min_lr_ratio=0.0, weight_decay=0.0,
+                          eval_every=0, eval_batches=4, seed=cfg.seed, run_dir=str(run / "sft"), resume=False)
+    with _timed(timings, "sft"):
+        hooks.stage("sft", f"{len(conversations)} conversations in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
+        with hooks.training("sft", cfg.sft_steps) as callback:
+            sft = train(model, sft_data, sft_cfg, callback=callback)
+    model.eval()
+    model_dir = run / "model"
+    save_pretrained(model, model_dir)
+    save_tokenizer_dir(tokenizer, model_dir, model_max_length=cfg.seq_len)
+
+    with _timed(timings, "eval_sft"):
+        hooks.stage("eval sft", "chat-format exact match")
+        sft_eval = _evaluate(model, tokenizer, items, real_val, cfg, "chat", pools)
+        write_results(sft_eval, run / "eval_sft.json")
+
+    samples = _sample_chats(model, tokenizer, world, cfg.seed)
+    pre_metrics, sft_metrics = read_metrics(run / "pretrain" / "metrics.jsonl"), read_metrics(run / "sft" / "metrics.jsonl")
+    plot_loss_curves(pre_metrics, run / "plots" / "loss.png", title="pretraining loss")
+    plot_loss_curves(sft_metrics, run / "plots" / "sft_loss.png", title="SFT loss (assistant tokens)")
+    stages = {"base": _stage_row(base_eval), "sft": _stage_row(sft_eval)}
+    plot_curves({name: ([i for i, _ in enumerate(EVAL_TASKS)], [row[k] for k in EVAL_TASKS])
+                 for name, row in stages.items()}, run / "plots" / "report_card.png",
+                title="accuracy by eval set: " + ", ".join(f"{i}={k}" for i, k in enumerate(EVAL_TASKS)),
+                xlabel="eval set", ylabel="accuracy")
+    wall = time.perf_counter() - start
+    summary = {
+        "mode": cfg.mode,
+        "wall_seconds": round(wall, 1),
+        "stages": stages,
+        "corpus": {"bytes": corpus_bytes, "world_documents": len(world_docs), "real_documents": len(real_train),
+                   "people": len(world.people), "tokens": int(len(ids))},
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "bytes_per_token": round(corpus_bytes / len(ids), 3),
+                      "train_seconds": round(timings["tokenizer"], 2)},
+        "model": {"parameters": model.num_params(), "non_embedding_parameters": model.num_params(True),
+                  "flops_per_token": model.flops_per_token(cfg.seq_len)},
+        "pretrain": {"steps": pre.steps, "tokens": pre.steps * pre_cfg.tokens_per_step,
+                     "tokens_per_s": round(pre.tokens_per_s, 1), "final_train_loss": pre.losses[-1],
+                     "final_val_loss": pre.final_val_loss, "options": pre.options},
+        "sft": {"steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
+                "tokens_per_s": round(sft.tokens_per_s, 1)},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    write_json(run / "summary.json", summary)
+    write_json(run / "samples.json", samples)
+    write_text(run / "report.md", speedrun_report(cfg, summary, samples, base_eval, sft_eval))
+    return SpeedrunResult(run, summary, timings)
+
+
+def _sample_chats(model, tokenizer, world, seed: int) -> list[dict[str, str]]:
+    name = world.people[0].name
+    end = tokenizer.special_tokens[END]
+    samples = []
+    for i, question in enumerate(SAMPLE_CHATS):
+        messages = [{"role": "user", "content": question.format(name=name)}]
+        ids, _ = render_chat(messages, tokenizer, add_generation_prompt=True)
+        params = SamplingParams(temperature=0.0, max_tokens=40, seed=seed + i)
+        out = generate(model, ids, params, tokenizer.token_bytes, eos_ids={end, tokenizer.special_tokens[BOS]})
+        samples.append({"user": messages[0]["content"], "assistant": out.text})
+    return samples

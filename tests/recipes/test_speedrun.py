@@ -1,0 +1,57 @@
+"""`genlab speedrun --quick` leaves a complete run directory: report.md, a loss-curve PNG, summary.json, a model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genlab.models.hf_io import load_pretrained
+from genlab.tokenizers import BPETokenizer
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = subprocess.run([sys.executable, "-m", "genlab.cli.main", "speedrun", "--quick", "--runs-root", str(root),
+                          "--name", "q"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return root / "q"
+
+
+def test_run_directory_is_complete(quick_run):
+    for name in ["report.md", "summary.json", "config.json", "plots/loss.png", "plots/sft_loss.png",
+                 "plots/report_card.png", "pretrain/metrics.jsonl", "sft/metrics.jsonl", "eval_base.json",
+                 "eval_sft.json", "base_model/model.safetensors", "model/config.json", "model/model.safetensors",
+                 "model/tokenizer.json", "model/tokenizer_config.json"]:
+        assert (quick_run / name).is_file(), name
+    assert (quick_run / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (quick_run.parent / "latest").read_text().strip() == "q"
+
+
+def test_summary_and_report(quick_run):
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert summary["mode"] == "quick"
+    assert summary["wall_seconds"] > 0
+    keys = {"qa_new_phrasings", "knowledge_extraction", "addition_2digit", "idk", "json_valid", "bpb"}
+    for stage in ("base", "sft"):
+        row = summary["stages"][stage]
+        assert keys <= set(row)
+        assert all(0.0 <= row[k] <= 1.0 for k in keys - {"bpb"})
+        assert 0 < row["bpb"] < 8
+    # Pretraining must have learned something: well below the uniform loss ln(768) = 6.64 nats/token.
+    assert summary["pretrain"]["final_val_loss"] < 6.0
+    report = (quick_run / "report.md").read_text()
+    for needle in ["Report card", "knowledge extraction", "parameters", "tokens/s", "plots/loss.png",
+                   "bytes per token", "Sample conversations"]:
+        assert needle in report
+
+
+def test_saved_model_reloads_and_matches_saved_tokenizer(quick_run):
+    model = load_pretrained(quick_run / "model")
+    tok = BPETokenizer.load(quick_run / "model")
+    ids = tok.encode("def main():", allowed_special="all")
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))
+    assert logits.shape == (1, len(ids), tok.vocab_size)
