@@ -6,6 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -14,3 +17,13 @@ import torch
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One `genlab speedrun --quick` per test session, shared by the tests that need a trained chat model."""
+    root = tmp_path_factory.mktemp("runs")
+    out = subprocess.run([sys.executable, "-m", "genlab.cli.main", "speedrun", "--quick", "--runs-root", str(root),
+                          "--name", "q"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return root / "q"

@@ -22,13 +22,16 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from genlab.cli import generate, pretrain, rag, speedrun, tokenizer  # noqa: E402  (each module is light: heavy imports are lazy)
+from genlab.cli import chat, evaluate, generate, pretrain, rag, sft, speedrun, tokenizer  # noqa: E402  (each module is light: heavy imports are lazy)
 
 app.add_typer(tokenizer.app, name="tokenizer")
 app.add_typer(rag.app, name="rag")
 app.command("pretrain")(pretrain.pretrain)
 app.command("generate")(generate.generate)
 app.command("speedrun")(speedrun.speedrun)
+app.command("sft")(sft.sft)
+app.command("eval")(evaluate.evaluate)
+app.command("chat")(chat.chat)
 
 
 def main() -> None:

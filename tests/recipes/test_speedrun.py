@@ -1,23 +1,10 @@
 """`genlab speedrun --quick` leaves a complete run directory: report.md, a loss-curve PNG, summary.json, a model."""
 
 import json
-import subprocess
-import sys
-
-import pytest
 import torch
 
 from genlab.models.hf_io import load_pretrained
 from genlab.tokenizers import BPETokenizer
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    out = subprocess.run([sys.executable, "-m", "genlab.cli.main", "speedrun", "--quick", "--runs-root", str(root),
-                          "--name", "q"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return root / "q"
 
 
 def test_run_directory_is_complete(quick_run):
