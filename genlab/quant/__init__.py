@@ -1,0 +1,1 @@
+"""genlab.quant: weight quantization (NF4 with double quantization for QLoRA)."""
