@@ -13,6 +13,11 @@ import pytest
 import torch
 
 
+# Tests use tiny models: one thread is as fast on an idle machine and far faster on a busy one
+# (spinning OpenMP threads slow tiny kernels 5-20x when the cores are shared).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -21,9 +26,11 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
-    """One `genlab speedrun --quick` per test session, shared by the tests that need a trained chat model."""
+    """One `genlab speedrun --quick` per test session, shared by the tests that need a trained chat model.
+
+    Its SFT stage uses LoRA (merged afterwards), so the one option that switches the method is exercised too."""
     root = tmp_path_factory.mktemp("runs")
     out = subprocess.run([sys.executable, "-m", "genlab.cli.main", "speedrun", "--quick", "--runs-root", str(root),
-                          "--name", "q"], capture_output=True, text=True, timeout=600)
+                          "--name", "q", "--sft-method", "lora"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return root / "q"

@@ -1,10 +1,10 @@
-"""`genlab sft`: supervised fine-tuning of a model directory on conversations (loss on assistant tokens only).
+"""`genlab finetune` (alias `genlab sft`): supervised fine-tuning of a model directory on conversations (loss on assistant tokens only).
 
 Handbook IV (instruction fine-tuning). Conversations come from a JSONL file of {"messages": [...]} rows
 (the format Hugging Face datasets and trl use) or, by default, from the synthetic world's SFT split.
 Packed rows keep conversations apart (positions restart, no cross-attention). Resumable like pretraining.
 
-    genlab sft runs/x/base_model --steps 150 --run-dir runs/sft
+    genlab finetune runs/x/base_model --method lora --steps 150 --run-dir runs/lora
 """
 
 from __future__ import annotations
@@ -43,15 +43,20 @@ def sft(
     steps: int = typer.Option(150), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
     seq_len: Optional[int] = typer.Option(None, help="Row length (default: the model's max_seq_len)."),
     checkpoint_every: int = typer.Option(50), seed: int = typer.Option(0),
+    method: str = typer.Option("full", help="full | lora | dora | qlora."),
+    rank: int = typer.Option(16, "--rank", "-r", help="LoRA rank."),
+    alpha: float = typer.Option(32.0, help="LoRA alpha (scaling alpha/r, or alpha/sqrt(r) with --rslora)."),
+    rslora: bool = typer.Option(False, help="rsLoRA scaling."),
     run_dir: Path = typer.Option(Path("runs/sft"), help="Run directory; an existing one is resumed."),
 ) -> None:
-    """Fine-tune on conversations; writes <run-dir>/model in the Hugging Face layout."""
+    """Fine-tune on conversations (full, LoRA, DoRA or QLoRA); writes <run-dir>/model and/or <run-dir>/adapter."""
     from genlab.cli.generate import resolve_model_dir
     from genlab.cli.progress import TrainProgress
     from genlab.data.chat import END, add_chat_tokens, save_tokenizer_dir
     from genlab.data.world import WorldConfig, build_world, sft_conversations
+    from genlab.finetune.methods import AdapterOptions, prepare, save
     from genlab.finetune.sft import SFTDataset
-    from genlab.models.hf_io import load_pretrained, save_pretrained
+    from genlab.models.hf_io import load_pretrained
     from genlab.tokenizers import BPETokenizer
     from genlab.train.trainer import TrainConfig, train
 
@@ -68,11 +73,14 @@ def sft(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=max(1, steps // 20),
                       min_lr_ratio=0.0, weight_decay=0.0, eval_every=0, checkpoint_every=checkpoint_every,
                       seed=seed, run_dir=str(run_dir))
+    trainable = prepare(lm, method, AdapterOptions(r=rank, alpha=alpha, rslora=rslora))
+    console.print(f"method {method}: {trainable:,} trainable parameters of {lm.num_params():,}")
     console.print(f"{len(conversations)} conversations -> {len(dataset)} packed rows of {seq_len}; "
                   f"{dataset.n_target_tokens:,} trained tokens per epoch")
     with TrainProgress(steps, "sft", console) as bar:
         result = train(lm, dataset, cfg, callback=bar)
     lm.eval()
-    save_pretrained(lm, run_dir / "model")
-    save_tokenizer_dir(tok, run_dir / "model", model_max_length=lm.config.max_seq_len)
-    console.print(f"final loss {result.losses[-1] if result.losses else float('nan'):.4f} -> {run_dir / 'model'}")
+    written = save(lm, method, run_dir)
+    for directory in written.values():
+        save_tokenizer_dir(tok, directory, model_max_length=lm.config.max_seq_len)
+    console.print(f"final loss {result.losses[-1] if result.losses else float('nan'):.4f} -> {', '.join(written.values())}")

@@ -17,6 +17,7 @@ def speedrun(
     quick: bool = typer.Option(False, "--quick", help="A ~1 minute run with a tiny model (used by the tests)."),
     steps: Optional[int] = typer.Option(None, help="Override the number of pretraining steps."),
     sft_steps: Optional[int] = typer.Option(None, help="Override the number of SFT steps."),
+    sft_method: str = typer.Option("full", help="SFT stage: full, lora or dora (adapters merged after training)."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     runs_root: str = typer.Option("runs", help="Where run directories go."),
     name: Optional[str] = typer.Option(None, help="Run name (default: speedrun-<timestamp>)."),
@@ -29,7 +30,7 @@ def speedrun(
     from genlab.recipes.report import CARD_COLUMNS
     from genlab.recipes.speedrun import SpeedrunConfig, SpeedrunHooks, run_speedrun
 
-    cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps,
+    cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps, sft_method=sft_method,
                                 threads=threads, runs_root=runs_root, name=name, seed=seed)
 
     class Hooks(SpeedrunHooks):

@@ -127,6 +127,12 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """genlab weights renamed (and split/transposed) into the transformers layout of `hf_family`."""
     c, family = model.config, hf_family(model.config)
     sd = {k: v.detach() for k, v in model.state_dict().items()}
+    with torch.device("meta"):  # the plain model's keys, without allocating its weights
+        expected = set(Transformer(c).state_dict())
+    if set(sd) != expected:
+        extra = sorted(set(sd) - expected)[:3]
+        raise CheckpointError(f"the model has weights a plain Transformer does not ({extra}...): merge or remove "
+                              "adapters first (genlab.finetune.lora.unload), or save them with peft_io")
     if family == "genlab":
         return {k: v.contiguous() for k, v in sd.items() if not (c.tie_embeddings and k == "head.weight")}
     out: dict[str, torch.Tensor] = {}

@@ -30,6 +30,9 @@ from genlab.data.tokens import TokenDataset, write_tokens
 from genlab.data.world import WorldConfig, build_world, sft_conversations
 from genlab.errors import ConfigError
 from genlab.evals.suite import EvalConfig, run_eval_suite, write_results
+from genlab.finetune.lora import unload
+from genlab.finetune.methods import AdapterOptions, prepare
+from genlab.finetune.peft_io import save_peft_adapter
 from genlab.finetune.sft import SFTDataset
 from genlab.inference.generate import generate
 from genlab.inference.sampling import SamplingParams
@@ -64,12 +67,19 @@ class SpeedrunConfig:
     sft_steps: int = 150
     sft_batch_size: int = 16
     sft_lr: float = 1e-3
+    sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
+    lora_r: int = 16
+    lora_alpha: float = 32.0
     eval_limit: int | None = 200  # items per eval set (None: all)
     few_shot_k: int = 3
     seed: int = 0
     threads: int | None = None  # None: torch's default
     runs_root: str = "runs"
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sft_method not in ("full", "lora", "dora"):
+            raise ConfigError(f"sft_method must be full, lora or dora, got {self.sft_method!r}")
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> "SpeedrunConfig":
@@ -180,15 +190,21 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         base_eval = _evaluate(model, tokenizer, items, real_val, cfg, "few_shot", pools)
         write_results(base_eval, run / "eval_base.json")
 
+    trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
     sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
     sft_cfg = TrainConfig(steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, seq_len=cfg.seq_len, lr=cfg.sft_lr,
                           warmup=max(1, cfg.sft_steps // 20), min_lr_ratio=0.0, weight_decay=0.0,
                           eval_every=0, eval_batches=4, seed=cfg.seed, run_dir=str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
-        hooks.stage("sft", f"{len(conversations)} conversations in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
+        hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(conversations)} conversations "
+                           f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
             sft = train(model, sft_data, sft_cfg, callback=callback)
     model.eval()
+    if cfg.sft_method != "full":
+        save_peft_adapter(model, run / "adapter")
+        save_tokenizer_dir(tokenizer, run / "adapter", model_max_length=cfg.seq_len)
+        unload(model, merge=True)
     model_dir = run / "model"
     save_pretrained(model, model_dir)
     save_tokenizer_dir(tokenizer, model_dir, model_max_length=cfg.seq_len)
@@ -221,7 +237,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         "pretrain": {"steps": pre.steps, "tokens": pre.steps * pre_cfg.tokens_per_step,
                      "tokens_per_s": round(pre.tokens_per_s, 1), "final_train_loss": pre.losses[-1],
                      "final_val_loss": pre.final_val_loss, "options": pre.options},
-        "sft": {"steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
+        "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
                 "tokens_per_s": round(sft.tokens_per_s, 1)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }

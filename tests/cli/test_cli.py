@@ -6,7 +6,7 @@ import sys
 import pytest
 
 COMMANDS = [[], ["tokenizer"], ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
-            ["sft"], ["eval"], ["chat"], ["rag"],
+            ["sft"], ["finetune"], ["eval"], ["chat"], ["rag"],
             ["speedrun"]]
 
 

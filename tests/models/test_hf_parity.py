@@ -136,3 +136,12 @@ def test_bad_directories_give_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="shape"):
         load_pretrained(tmp_path)
+
+
+def test_export_refuses_a_model_with_adapters_attached(tmp_path):
+    from genlab.finetune.lora import LoraConfig, add_adapter
+
+    model = Transformer(ModelConfig.llama_like(vocab_size=VOCAB, d_model=32, n_head=4, n_layer=1))
+    add_adapter(model, LoraConfig(r=2))
+    with pytest.raises(CheckpointError, match="adapters"):
+        save_pretrained(model, tmp_path)

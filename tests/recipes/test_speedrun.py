@@ -30,7 +30,10 @@ def test_summary_and_report(quick_run):
     # Pretraining must have learned something: well below the uniform loss ln(768) = 6.64 nats/token.
     assert summary["pretrain"]["final_val_loss"] < 6.0
     report = (quick_run / "report.md").read_text()
-    for needle in ["Report card", "knowledge extraction", "parameters", "tokens/s", "plots/loss.png",
+    assert summary["sft"]["method"] == "lora"
+    assert 0 < summary["sft"]["trainable_parameters"] < 0.5 * summary["model"]["parameters"]  # r=16 on a 0.16M model
+    assert (quick_run / "adapter" / "adapter_config.json").is_file()
+    for needle in ["| SFT method | lora |", "Report card", "knowledge extraction", "parameters", "tokens/s", "plots/loss.png",
                    "bytes per token", "Sample conversations"]:
         assert needle in report
 
