@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from genlab.atomic import write_text
 from genlab.errors import GenlabError, TokenizerError
 
 BOS = "<|bos|>"
@@ -126,16 +126,6 @@ def render_chat_text(messages: Sequence[Mapping[str, Any]], add_generation_promp
     return "".join(parts)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tokenizer_config(model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> dict[str, Any]:
@@ -164,6 +154,6 @@ def save_tokenizer_dir(tokenizer, directory: str | os.PathLike,
     config = tokenizer_config(model_max_length)
     special_map = {"bos_token": BOS, "eos_token": END, "pad_token": END,
                    "additional_special_tokens": [t for t in CHAT_SPECIAL_TOKENS if t not in (BOS, END)]}
-    _atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+    write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
     return out

@@ -20,9 +20,7 @@ evaluation sees the same tokens.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -30,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from genlab.atomic import atomic_open
 from genlab.errors import ConfigError, GenlabError
 
 MAGIC = b"GLTOKENS"
@@ -66,18 +65,9 @@ def write_tokens(path: str | Path, ids: Iterable[int] | np.ndarray | torch.Tenso
                          "vocab_size": vocab_size}).encode()
     pad = -(len(MAGIC) + 4 + len(header)) % ALIGN
     header += b" " * pad
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            f.write(arr.astype(dtype, copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header)
+        f.write(arr.astype(dtype, copy=False).tobytes())
     return path
 
 

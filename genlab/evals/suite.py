@@ -10,14 +10,13 @@ results as plain numbers/lists/dicts so `json.dumps` writes them as they are.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from genlab.atomic import write_json
 from genlab.errors import ConfigError
 from genlab.evals.generative import ChatPrompt, FewShotPrompt, exact_match
 from genlab.evals.multiple_choice import multiple_choice
@@ -93,17 +92,5 @@ def run_eval_suite(model, tokenizer, generative: Mapping[str, Sequence[Mapping]]
 
 def write_results(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write results as JSON atomically (temp file + os.replace); NaN/inf are refused, not written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json(path, results, ensure_ascii=False, allow_nan=False)
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from genlab.errors import CheckpointError, ConfigError
 from genlab.finetune.lora import LoraConfig, add_adapter, lora_layers
-from genlab.models.hf_io import hf_family, save_file_atomic, write_json_atomic
+from genlab.atomic import write_json
+from genlab.models.hf_io import hf_family, save_file_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -91,7 +92,7 @@ def save_peft_adapter(model: nn.Module, directory: str | Path, name: str = "defa
         "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
     }
     save_file_atomic(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    write_json_atomic(directory / ADAPTER_CONFIG, peft_config)
+    write_json(directory / ADAPTER_CONFIG, peft_config)
     return directory
 
 

@@ -12,15 +12,15 @@ config.json always carries the exact genlab config under the key "genlab".
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
+from genlab.atomic import atomic_open, write_json
 from genlab.errors import CheckpointError
 from genlab.models.config import ModelConfig
 from genlab.models.transformer import Transformer
@@ -211,18 +211,9 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], config: ModelConfig, fami
 
 
 # --- directories -----------------------------------------------------------------------------------
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(f.name, path)
-
-
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = Path(path).with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        f.write(save_safetensors(tensors, metadata=metadata))
 
 
 def save_pretrained(model: Transformer, directory: str | Path, extra_config: dict[str, Any] | None = None,
@@ -231,9 +222,9 @@ def save_pretrained(model: Transformer, directory: str | Path, extra_config: dic
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file_atomic(to_hf_state_dict(model), directory / "model.safetensors", metadata={"format": "pt"})
-    write_json_atomic(directory / "config.json", config_to_hf(model.config, extra_config))
+    write_json(directory / "config.json", config_to_hf(model.config, extra_config))
     if generation_config is not None:
-        write_json_atomic(directory / "generation_config.json", generation_config)
+        write_json(directory / "generation_config.json", generation_config)
     return directory
 
 

@@ -8,33 +8,12 @@ A `latest` text file in the runs root names the newest run, so `genlab chat` and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from genlab.atomic import write_text
 from genlab.errors import GenlabError
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomic JSON write (temp file in the same directory + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(f.name, path)
-    return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-    return path
 
 
 def new_run_dir(root: str | Path, prefix: str, name: str | None = None) -> Path:

@@ -14,7 +14,6 @@ for the base model (few-shot prompt) and the SFT model (chat prompt). Each stage
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -40,7 +39,8 @@ from genlab.models import ModelConfig, Transformer
 from genlab.models.hf_io import save_pretrained
 from genlab.recipes.plots import plot_curves, plot_loss_curves
 from genlab.recipes.report import speedrun_report
-from genlab.recipes.runs import new_run_dir, read_metrics, write_json, write_text
+from genlab.atomic import write_json, write_text
+from genlab.recipes.runs import new_run_dir, read_metrics
 from genlab.recipes.world_tasks import EVAL_TASKS, eval_items, few_shot_pools, pretraining_mix
 from genlab.tokenizers import BPETokenizer
 from genlab.train.trainer import TrainConfig, train

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genlab.atomic import write_text
 from genlab.errors import TokenizerError
 from genlab.tokenizers.bpe_train import Merge
 from genlab.tokenizers.pretokenize import GPT2_PATTERN, bytes_to_token_string, token_string_to_bytes
@@ -93,17 +93,7 @@ def to_tokenizer_json(tokenizer: BPETokenizer) -> dict[str, Any]:
 def save_tokenizer_json(tokenizer: BPETokenizer, path: str | os.PathLike) -> Path:
     """Write `tokenizer.json` atomically (temp file + os.replace); `path` is a file or directory."""
     file = _resolve_file(path, for_writing=True)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_tokenizer_json(tokenizer), ensure_ascii=False, indent=2)
-    handle, temp_name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp_name, file)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return file
+    return write_text(file, json.dumps(to_tokenizer_json(tokenizer), ensure_ascii=False, indent=2))
 
 
 def load_tokenizer_json(cls: type[BPETokenizer], path: str | os.PathLike) -> BPETokenizer:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genlab.atomic import write_json, write_text
 from genlab.errors import ConfigError, GenlabError
 from genlab.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from genlab.train.optim import OptimizerImpl, build_optimizer, optimizer_impl, set_lr
@@ -169,15 +169,7 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
     rows = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in rows if json.loads(line).get("step", 0) <= keep_through]
     if len(kept) != len(rows):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+        write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _open_run(run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -194,7 +186,7 @@ def _open_run(run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torc
         start, elapsed = state.step, float(state.extra.get("elapsed_s", 0.0))
     _truncate_metrics(run_dir / "metrics.jsonl", start)  # rows past the resume point (all, on a fresh start) are stale
     config = getattr(model, "config", None)
-    _write_json_atomic(run_dir / "train_config.json", {
+    write_json(run_dir / "train_config.json", default=str, obj={
         "model": config.to_dict() if hasattr(config, "to_dict") else None, "train": cfg.to_dict()})
     return start, elapsed
 

@@ -25,14 +25,6 @@ from genlab.models import ModelConfig, Transformer  # noqa: E402
 from genlab.models.hf_io import load_pretrained, save_pretrained, to_hf_state_dict  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: on a shared 2-core machine a second OpenMP thread costs up to 20x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 METHODS = {"lora": {}, "rslora": {"rslora": True}, "dora": {"dora": True}}
 VOCAB = 64

@@ -16,14 +16,6 @@ from genlab.models import ModelConfig, Transformer
 from genlab.quant.nf4 import NF4Linear, quantize_model_nf4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: on a shared 2-core machine a second OpenMP thread costs up to 20x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny() -> Transformer:
     cfg = ModelConfig.llama_like(vocab_size=48, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=16)

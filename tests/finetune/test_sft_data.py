@@ -18,14 +18,6 @@ from genlab.models import ModelConfig, Transformer
 from genlab.tokenizers.bpe import BPETokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: a second thread only adds spin-waiting on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -52,15 +52,6 @@ def reference_tokens(model, prompt, params, n, eos=()):
 PROMPT = [0, 1, 2, 10, 3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: on a busy 2-core machine, torch's thread pool spinning costs 3-10x. Restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_greedy_stream_equals_no_cache_argmax(kind):
     model = make_model(kind)

@@ -13,14 +13,6 @@ from genlab.quant.nf4 import (DQ_BLOCK, NF4_CODE, NF4Linear, dequantize_blockwis
                               normal_float_code, pack_nibbles, quantize_blockwise, quantize_nf4, unpack_nibbles)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: on a shared 2-core machine a second OpenMP thread costs up to 20x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # QLoRA paper, appendix E (NormalFloat 4-bit data type), in code order
 PUBLISHED_NF4 = [

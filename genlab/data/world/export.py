@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from genlab.atomic import write_text
 from genlab.data.world.conversations import msg, sft_conversations
 from genlab.data.world.documents import pretraining_documents
 from genlab.data.world.entities import World
@@ -33,23 +32,13 @@ from genlab.data.world.extras import (lookup_documents, preference_pairs, privat
 from genlab.errors import GenlabError
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; datasets are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     """Write `rows` as JSON lines, atomically; returns the path."""
     path = Path(path)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    _atomic_write(path, text)
+    write_text(path, text)
     return path
 
 
@@ -101,6 +90,6 @@ def export_jsonl(world: World, out_dir: str | Path) -> dict[str, Path]:
     files.update({f"eval_{name}": items for name, items in eval_sets(world).items()})
     written = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in files.items()}
     world_path = out / "world.json"
-    _atomic_write(world_path, json.dumps(world_summary(world), indent=1) + "\n")
+    write_text(world_path, json.dumps(world_summary(world), indent=1) + "\n")
     written["world"] = world_path
     return written

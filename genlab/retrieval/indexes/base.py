@@ -14,14 +14,13 @@ a crash leaves either the old file or the new one. No pickles: arrays plus a JSO
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
+from genlab.atomic import atomic_open
 from genlab.errors import ConfigError, GenlabError
 
 METRICS = ("cosine", "ip", "l2")
@@ -198,17 +197,8 @@ class VectorIndex:
             raise GenlabError(f"index metadata must be JSON-serialisable: {e}") from e
         arrays = {f"s_{k}": v for k, v in self._state().items()}
         arrays.update(header=np.array(header), ids=self._ids, alive=self._alive)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:
+            np.savez(f, **arrays)
         return path
 
     @classmethod
