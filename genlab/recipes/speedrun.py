@@ -41,7 +41,7 @@ from genlab.recipes.plots import plot_curves, plot_loss_curves
 from genlab.recipes.report import speedrun_report
 from genlab.atomic import write_json, write_text
 from genlab.recipes.runs import new_run_dir, read_metrics
-from genlab.recipes.world_tasks import EVAL_TASKS, eval_items, few_shot_pools, pretraining_mix
+from genlab.recipes.world_tasks import EVAL_TASKS, arithmetic_practice, eval_items, few_shot_pools, pretraining_mix
 from genlab.tokenizers import BPETokenizer
 from genlab.train.trainer import TrainConfig, train
 
@@ -60,11 +60,13 @@ class SpeedrunConfig:
     n_head: int = 6
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 500  # pretraining steps (~2M tokens: ~10 passes over the world's documents)
+    steps: int = 700  # pretraining steps (~2.9M tokens: ~5 passes over the mix)
+    mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
+    arithmetic_practice: int = 10_000  # extra arithmetic conversations in the mix
     lr: float = 3e-3
     warmup: int = 30
     eval_every: int = 100
-    sft_steps: int = 150
+    sft_steps: int = 80
     sft_batch_size: int = 16
     sft_lr: float = 1e-3
     sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
@@ -87,7 +89,7 @@ class SpeedrunConfig:
             "default": {},
             "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
                           seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
-                          sft_batch_size=8, eval_limit=20, few_shot_k=2,
+                          sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200,
                           threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
         }
         if mode not in presets:
@@ -167,6 +169,11 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
 
     with _timed(timings, "tokenize"):
         encoded = [[bos] + ids for ids in tokenizer.encode_batch(train_docs)]
+        if cfg.mix_conversations:
+            # Mixed training (Allen-Zhu & Li, Physics of LMs 3.1): QA about some people beside the biographies
+            # of all teaches the model to extract knowledge, including for people it never saw questioned.
+            mixed = conversations + arithmetic_practice(world, cfg.arithmetic_practice, cfg.seed)
+            encoded += [render_chat(c["messages"], tokenizer)[0] for c in mixed]
         order = np.random.default_rng(cfg.seed).permutation(len(encoded))
         ids = np.fromiter((t for i in order for t in encoded[i]), dtype=np.int64)
         token_file = write_tokens(run / "data" / "tokens.bin", ids, vocab_size=tokenizer.vocab_size)

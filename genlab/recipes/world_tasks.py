@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from genlab.data.corpus import stdlib_documents
-from genlab.data.world import World, eval_sets, pretraining_documents
+from genlab.data.world import World, arithmetic, eval_sets, pretraining_documents
 
 # summary key -> world eval set (issue 3: a new phrasings, b extraction, c addition, d idk, e json).
 EVAL_TASKS = {
@@ -57,3 +57,14 @@ def few_shot_pools(conversations: list[dict[str, Any]]) -> dict[str, list[dict[s
         if len(msgs) == 2 and msgs[0]["role"] == "user" and msgs[1]["role"] == "assistant":
             by_kind.setdefault(conv["kind"], []).append({"messages": [msgs[0]], "answer": msgs[1]["content"]})
     return {task: [item for kind in kinds for item in by_kind.get(kind, [])] for task, kinds in POOL_KINDS.items()}
+
+
+def arithmetic_practice(world: World, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` extra single-turn arithmetic conversations for the pretraining mix (never eval-reserved problems)."""
+    rng = random.Random(f"{seed}:practice")
+    out = []
+    for _ in range(n):
+        problem = arithmetic.sample_problem(rng, world.config.seed, rng.choice(arithmetic.TRAIN_KINDS), False)
+        out.append({"messages": [{"role": "user", "content": arithmetic.question(rng, problem)},
+                                 {"role": "assistant", "content": str(problem.answer)}], "kind": "arithmetic"})
+    return out
