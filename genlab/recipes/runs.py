@@ -24,7 +24,7 @@ def new_run_dir(root: str | Path, prefix: str, name: str | None = None) -> Path:
     while run.exists() and any(run.iterdir()):  # never write into someone else's run
         run = root / f"{name}-{suffix}"
         suffix += 1
-    for sub in ("", "plots", "checkpoints"):
+    for sub in ("", "plots"):  # stages keep their own checkpoints (pretrain/, sft/)
         (run / sub).mkdir(parents=True, exist_ok=True)
     write_text(root / "latest", run.name + "\n")
     return run
