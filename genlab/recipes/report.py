@@ -28,6 +28,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 CARD_COLUMNS = [("qa_new_phrasings", "(a) new phrasings"), ("knowledge_extraction", "(b) knowledge extraction"),
                 ("addition_2digit", "(c) 2-digit addition"), ("idk", "(d) I don't know"), ("json_valid", "(e) valid JSON"),
                 ("bpb", "bits/byte (held-out real text)")]
+CARD_LABELS = {key: title.replace(") ", ")\n", 1) for key, title in CARD_COLUMNS}
 
 
 def _pct(value: Any) -> str:

@@ -37,8 +37,8 @@ from genlab.inference.generate import generate
 from genlab.inference.sampling import SamplingParams
 from genlab.models import ModelConfig, Transformer
 from genlab.models.hf_io import save_pretrained
-from genlab.recipes.plots import plot_curves, plot_loss_curves
-from genlab.recipes.report import speedrun_report
+from genlab.recipes.plots import plot_grouped_bars, plot_loss_curves
+from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
 from genlab.recipes.runs import new_run_dir, read_metrics
 from genlab.recipes.world_tasks import EVAL_TASKS, arithmetic_practice, eval_items, few_shot_pools, pretraining_mix
@@ -226,10 +226,9 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     plot_loss_curves(pre_metrics, run / "plots" / "loss.png", title="pretraining loss")
     plot_loss_curves(sft_metrics, run / "plots" / "sft_loss.png", title="SFT loss (assistant tokens)")
     stages = {"base": _stage_row(base_eval), "sft": _stage_row(sft_eval)}
-    plot_curves({name: ([i for i, _ in enumerate(EVAL_TASKS)], [row[k] for k in EVAL_TASKS])
-                 for name, row in stages.items()}, run / "plots" / "report_card.png",
-                title="accuracy by eval set: " + ", ".join(f"{i}={k}" for i, k in enumerate(EVAL_TASKS)),
-                xlabel="eval set", ylabel="accuracy")
+    plot_grouped_bars({name: [row[k] for k in EVAL_TASKS] for name, row in stages.items()},
+                      [CARD_LABELS[k] for k in EVAL_TASKS], run / "plots" / "report_card.png",
+                      title="report card: exact match on held-out sets")
     wall = time.perf_counter() - start
     summary = {
         "mode": cfg.mode,
