@@ -14,6 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, ax, path: str | Path) -> Path:
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
                 title: str = "", xlabel: str = "step", ylabel: str = "loss", logy: bool = False) -> Path:
     """One line per named (x, y) curve, written as a PNG."""
@@ -28,13 +38,7 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_loss_curves(metrics: list[dict], path: str | Path, title: str = "") -> Path:
@@ -60,10 +64,4 @@ def plot_grouped_bars(series: dict[str, Sequence[float]], labels: Sequence[str],
     if title:
         ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
