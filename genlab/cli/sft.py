@@ -55,10 +55,10 @@ def sft(
     from genlab.data.chat import END, add_chat_tokens, save_tokenizer_dir
     from genlab.data.world import WorldConfig, build_world, sft_conversations
     from genlab.finetune.methods import AdapterOptions, prepare, save
-    from genlab.finetune.sft import SFTDataset
+    from genlab.finetune.sft import SFTDataset, sft_train_config
     from genlab.models.hf_io import load_pretrained
     from genlab.tokenizers import BPETokenizer
-    from genlab.train.trainer import TrainConfig, train
+    from genlab.train.trainer import train
 
     model_dir = resolve_model_dir(model)
     lm = load_pretrained(model_dir)
@@ -70,9 +70,7 @@ def sft(
     conversations = read_conversations(data) if data else sft_conversations(build_world(WorldConfig(world_seed, world_scale)))
     seq_len = seq_len or lm.config.max_seq_len
     dataset = SFTDataset(conversations, tok, seq_len, seed=seed, pad_id=tok.special_tokens[END])
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=max(1, steps // 20),
-                      min_lr_ratio=0.0, weight_decay=0.0, eval_every=0, checkpoint_every=checkpoint_every,
-                      seed=seed, run_dir=str(run_dir))
+    cfg = sft_train_config(steps, batch_size, seq_len, lr, seed, str(run_dir), checkpoint_every=checkpoint_every)
     trainable = prepare(lm, method, AdapterOptions(r=rank, alpha=alpha, rslora=rslora))
     console.print(f"method {method}: {trainable:,} trainable parameters of {lm.num_params():,}")
     console.print(f"{len(conversations)} conversations -> {len(dataset)} packed rows of {seq_len}; "

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from genlab.errors import GenlabError
-from genlab.finetune.sft_data import SFTBatch, SFTExample, pack, render_examples
+from genlab.finetune.sft_data import SFTBatch, pack, render_examples
+from genlab.train.trainer import TrainConfig
 
 
 class SFTDataset:
@@ -29,14 +30,11 @@ class SFTDataset:
         self.val_examples = render_examples(val_conversations, tokenizer)
         if not self.train_examples:
             raise GenlabError("no SFT conversations to train on")
-        # Rows are packed once; each epoch shuffles the rows (cheap) rather than re-packing.
-        self.rows = pack(self._shuffled(self.train_examples, 0), seq_len, batch_size=1, pad_id=pad_id)
+        # Rows are packed once, from a seeded shuffle (so a row mixes conversation kinds); `batch` samples rows.
+        order = list(self.train_examples)
+        random.Random(seed).shuffle(order)
+        self.rows = pack(order, seq_len, batch_size=1, pad_id=pad_id)
         self.n_target_tokens = sum(e.n_targets for e in self.train_examples)
-
-    def _shuffled(self, examples: list[SFTExample], epoch: int) -> list[SFTExample]:
-        order = list(examples)
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -62,3 +60,11 @@ class SFTDataset:
             if max_batches is not None and i >= max_batches:
                 return
             yield b.tokens, b.targets, b.model_kwargs()
+
+
+def sft_train_config(steps: int, batch_size: int, seq_len: int, lr: float, seed: int, run_dir: str | None,
+                     **overrides: Any) -> TrainConfig:
+    """The SFT schedule: short warmup (5%), cosine to zero, no weight decay, no periodic eval."""
+    return TrainConfig(**{**dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                                 warmup=max(1, steps // 20), min_lr_ratio=0.0, weight_decay=0.0, eval_every=0,
+                                 eval_batches=4, seed=seed, run_dir=run_dir), **overrides})

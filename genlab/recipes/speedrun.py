@@ -29,10 +29,9 @@ from genlab.data.tokens import TokenDataset, write_tokens
 from genlab.data.world import WorldConfig, build_world, sft_conversations
 from genlab.errors import ConfigError
 from genlab.evals.suite import EvalConfig, run_eval_suite, write_results
-from genlab.finetune.lora import unload
 from genlab.finetune.methods import AdapterOptions, prepare
-from genlab.finetune.peft_io import save_peft_adapter
-from genlab.finetune.sft import SFTDataset
+from genlab.finetune.methods import save as save_finetuned
+from genlab.finetune.sft import SFTDataset, sft_train_config
 from genlab.inference.generate import generate
 from genlab.inference.sampling import SamplingParams
 from genlab.models import ModelConfig, Transformer
@@ -199,22 +198,16 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
 
     trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
     sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
-    sft_cfg = TrainConfig(steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, seq_len=cfg.seq_len, lr=cfg.sft_lr,
-                          warmup=max(1, cfg.sft_steps // 20), min_lr_ratio=0.0, weight_decay=0.0,
-                          eval_every=0, eval_batches=4, seed=cfg.seed, run_dir=str(run / "sft"), resume=False)
+    sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
+                               str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
         hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(conversations)} conversations "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
             sft = train(model, sft_data, sft_cfg, callback=callback)
     model.eval()
-    if cfg.sft_method != "full":
-        save_peft_adapter(model, run / "adapter")
-        save_tokenizer_dir(tokenizer, run / "adapter", model_max_length=cfg.seq_len)
-        unload(model, merge=True)
-    model_dir = run / "model"
-    save_pretrained(model, model_dir)
-    save_tokenizer_dir(tokenizer, model_dir, model_max_length=cfg.seq_len)
+    for directory in save_finetuned(model, cfg.sft_method, run).values():  # model/ (merged) and adapter/
+        save_tokenizer_dir(tokenizer, directory, model_max_length=cfg.seq_len)
 
     with _timed(timings, "eval_sft"):
         hooks.stage("eval sft", "chat-format exact match")
