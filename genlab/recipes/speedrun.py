@@ -36,7 +36,8 @@ from genlab.inference.generate import generate
 from genlab.inference.sampling import SamplingParams
 from genlab.models import ModelConfig, Transformer
 from genlab.models.hf_io import save_pretrained
-from genlab.recipes.plots import plot_grouped_bars, plot_loss_curves
+from genlab.recipes.curve import AccuracyCurve
+from genlab.recipes.plots import plot_curves, plot_grouped_bars, plot_loss_curves
 from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
 from genlab.recipes.runs import new_run_dir, read_metrics
@@ -72,6 +73,8 @@ class SpeedrunConfig:
     lora_r: int = 16
     lora_alpha: float = 32.0
     eval_limit: int | None = 200  # items per eval set (None: all)
+    curve_every: int = 100  # probe the eval sets every this many pretraining steps (0: no accuracy curve)
+    curve_limit: int = 40  # items per eval set in each probe
     few_shot_k: int = 3
     seed: int = 0
     threads: int | None = None  # None: torch's default
@@ -88,7 +91,8 @@ class SpeedrunConfig:
             "default": {},
             "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
                           seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
-                          sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200,
+                          sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200, curve_every=25,
+                          curve_limit=8,
                           threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
         }
         if mode not in presets:
@@ -118,6 +122,12 @@ class SpeedrunResult:
     run_dir: Path
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _chain(*callbacks: StepCallback | None) -> StepCallback:
+    """One trainer callback calling several; training stops if any of them asks to."""
+    active = [c for c in callbacks if c is not None]
+    return lambda row: any([bool(c(row)) for c in active])
 
 
 @contextmanager
@@ -182,11 +192,12 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     pre_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
                           warmup=cfg.warmup, eval_every=cfg.eval_every, eval_batches=4, seed=cfg.seed,
                           run_dir=str(run / "pretrain"), resume=False)
+    curve = AccuracyCurve(model, tokenizer, eval_items(world, cfg.curve_limit, cfg.seed + 1), cfg.curve_every)
     with _timed(timings, "pretrain"):
         hooks.stage("pretrain", f"{model.num_params() / 1e6:.2f}M parameters, {cfg.steps} steps x "
                                 f"{pre_cfg.tokens_per_step} tokens ({len(ids):,} tokens in the mix)")
         with hooks.training("pretrain", cfg.steps) as callback:
-            pre = train(model, dataset, pre_cfg, callback=callback)
+            pre = train(model, dataset, pre_cfg, callback=_chain(callback, curve))
     model.eval()
     save_pretrained(model, run / "base_model")
     save_tokenizer_dir(tokenizer, run / "base_model", model_max_length=cfg.seq_len)
@@ -219,6 +230,13 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     plot_loss_curves(pre_metrics, run / "plots" / "loss.png", title="pretraining loss")
     plot_loss_curves(sft_metrics, run / "plots" / "sft_loss.png", title="SFT loss (assistant tokens)")
     stages = {"base": _stage_row(base_eval), "sft": _stage_row(sft_eval)}
+    pretrain_seconds = timings["pretrain"] - curve.probe_seconds
+    curve.points.append({"phase": "sft", "step": sft.steps, **{k: sft_eval["accuracy"][k] for k in EVAL_TASKS},
+                         "train_seconds": round(pretrain_seconds + timings["sft"], 1)})
+    plot_curves({CARD_LABELS[k].replace("\n", " "): ([p["train_seconds"] for p in curve.points],
+                                                     [p[k] for p in curve.points]) for k in EVAL_TASKS},
+                run / "plots" / "accuracy_curve.png", xlabel="training seconds (pretraining, then SFT)",
+                ylabel="exact match", title="accuracy vs training time")
     plot_grouped_bars({name: [row[k] for k in EVAL_TASKS] for name, row in stages.items()},
                       [CARD_LABELS[k] for k in EVAL_TASKS], run / "plots" / "report_card.png",
                       title="report card: exact match on held-out sets")
@@ -239,6 +257,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
                 "tokens_per_s": round(sft.tokens_per_s, 1)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "accuracy_curve": curve.points,
     }
     write_json(run / "summary.json", summary)
     write_json(run / "samples.json", samples)

@@ -9,7 +9,7 @@ from genlab.tokenizers import BPETokenizer
 
 def test_run_directory_is_complete(quick_run):
     for name in ["report.md", "summary.json", "config.json", "plots/loss.png", "plots/sft_loss.png",
-                 "plots/report_card.png", "pretrain/metrics.jsonl", "sft/metrics.jsonl", "eval_base.json",
+                 "plots/report_card.png", "plots/accuracy_curve.png", "pretrain/metrics.jsonl", "sft/metrics.jsonl", "eval_base.json",
                  "eval_sft.json", "base_model/model.safetensors", "model/config.json", "model/model.safetensors",
                  "model/tokenizer.json", "model/tokenizer_config.json"]:
         assert (quick_run / name).is_file(), name
@@ -33,7 +33,13 @@ def test_summary_and_report(quick_run):
     assert summary["sft"]["method"] == "lora"
     assert 0 < summary["sft"]["trainable_parameters"] < 0.5 * summary["model"]["parameters"]  # r=16 on a 0.16M model
     assert (quick_run / "adapter" / "adapter_config.json").is_file()
-    for needle in ["| SFT method | lora |", "Report card", "knowledge extraction", "parameters", "tokens/s", "plots/loss.png",
+    curve = summary["accuracy_curve"]  # quick: 50 steps probed every 25, then the SFT endpoint
+    assert [(p["phase"], p["step"]) for p in curve] == [("pretrain", 25), ("pretrain", 50), ("sft", 20)]
+    times = [p["train_seconds"] for p in curve]
+    assert times == sorted(times) and times[0] > 0
+    assert all(0.0 <= p[k] <= 1.0 for p in curve for k in keys - {"bpb"})
+    assert curve[-1]["idk"] == summary["stages"]["sft"]["idk"]
+    for needle in ["Accuracy versus training time", "| SFT method | lora |", "Report card", "knowledge extraction", "parameters", "tokens/s", "plots/loss.png",
                    "bytes per token", "Sample conversations"]:
         assert needle in report
 
