@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genlab.cli.console import fail
 from genlab.errors import GenlabError
 
 app = typer.Typer(help="Retrieval: index files, search them, answer questions citing sources.", no_args_is_help=True)
@@ -34,8 +35,7 @@ ModelDirOption = typer.Option(None, "--model-dir", help="BERT sentence-embedding
 
 
 def _fail(error: Exception) -> None:
-    _console().print(f"[bold red]error:[/] {error}")
-    raise typer.Exit(1)
+    fail(str(error))  # the CLI-wide user-error exit: one line on stderr, exit 2
 
 
 def _make_embedder(name: str, model_dir: Optional[Path]):

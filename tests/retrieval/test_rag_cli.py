@@ -34,10 +34,10 @@ def test_index_search_ask(tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path):
     result = runner.invoke(app, ["search", "x", "--db", str(tmp_path / "none.db")])
-    assert result.exit_code == 1 and "no store" in result.output
+    assert result.exit_code == 2 and "no store" in result.output
     result = runner.invoke(app, ["index", str(tmp_path / "missing"), "--db", str(tmp_path / "s.db")])
-    assert result.exit_code == 1 and "no such file" in result.output
+    assert result.exit_code == 2 and "no such file" in result.output
     (tmp_path / "a.txt").write_text("hello world")
     result = runner.invoke(app, ["index", str(tmp_path / "a.txt"), "--db", str(tmp_path / "s.db"), "--embedder",
                                  "hashing-32", "--chunk-size", "4", "--overlap", "4"])
-    assert result.exit_code == 1 and "overlap" in result.output
+    assert result.exit_code == 2 and "overlap" in result.output
