@@ -63,6 +63,7 @@ class SpeedrunConfig:
     steps: int = 700  # pretraining steps (~2.9M tokens: ~5 passes over the mix)
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
     arithmetic_practice: int = 10_000  # extra arithmetic conversations in the mix
+    world_repeats: int = 1  # copies of the world documents in the mix
     lr: float = 3e-3
     warmup: int = 30
     eval_every: int = 100
@@ -84,6 +85,8 @@ class SpeedrunConfig:
     def __post_init__(self) -> None:
         if self.sft_method not in ("full", "lora", "dora"):
             raise ConfigError(f"sft_method must be full, lora or dora, got {self.sft_method!r}")
+        if self.world_repeats < 1:
+            raise ConfigError(f"world_repeats must be >= 1, got {self.world_repeats}")
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> "SpeedrunConfig":
@@ -177,7 +180,11 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     bos = tokenizer.special_tokens[BOS]
 
     with _timed(timings, "tokenize"):
-        encoded = [[bos] + ids for ids in tokenizer.encode_batch(train_docs)]
+        # World documents carry the facts: repeating them gives each fact more exposures per pass over the mix.
+        doc_ids = tokenizer.encode_batch(world_docs + real_train)
+        doc_tokens = sum(len(d) for d in doc_ids)  # for bytes per token: the documents once, no special tokens
+        encoded = [[bos] + d for d in doc_ids[:len(world_docs)]] * cfg.world_repeats
+        encoded += [[bos] + d for d in doc_ids[len(world_docs):]]
         if cfg.mix_conversations:
             # Mixed training (Allen-Zhu & Li, Physics of LMs 3.1): QA about some people beside the biographies
             # of all teaches the model to extract knowledge, including for people it never saw questioned.
@@ -247,7 +254,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         "stages": stages,
         "corpus": {"bytes": corpus_bytes, "world_documents": len(world_docs), "real_documents": len(real_train),
                    "people": len(world.people), "tokens": int(len(ids))},
-        "tokenizer": {"vocab_size": tokenizer.vocab_size, "bytes_per_token": round(corpus_bytes / len(ids), 3),
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "bytes_per_token": round(corpus_bytes / doc_tokens, 3),
                       "train_seconds": round(timings["tokenizer"], 2)},
         "model": {"parameters": model.num_params(), "non_embedding_parameters": model.num_params(True),
                   "flops_per_token": model.flops_per_token(cfg.seq_len)},
