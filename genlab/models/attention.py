@@ -2,7 +2,8 @@
 
 Handbook II (attention), VI (KV caching). Vaswani et al. 2017; Shazeer 2019 (MQA); Ainslie et al. 2023 (GQA).
 `reference_attention` is the slow, obvious softmax(QK^T/sqrt(d) + bias) V; the fast path is
-`torch.nn.functional.scaled_dot_product_attention`. Tests hold them equal.
+`torch.nn.functional.scaled_dot_product_attention`. Tests hold them equal. A cache object with
+`provides_attention = True` (the engine's paged cache) takes over "store k/v and attend" instead.
 
     python -m pytest -q tests/models/test_transformer.py -k attention
 """
@@ -91,6 +92,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if getattr(cache, "provides_attention", False):
+            # A paged cache (genlab.inference.paged_attention) stores k/v and attends itself.
+            y = cache.attend(self.layer_idx, q, k, v)
+            return self.out(y.transpose(1, 2).reshape(B, T, q_dim))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         bias = None

@@ -103,15 +103,21 @@ class Transformer(nn.Module):
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.max_seq_len, c.head_dim, p.dtype, p.device)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None) -> torch.Tensor:
+                segments: torch.Tensor | None = None, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] for token ids [B, T].
 
-        cache: continue after `cache.length` tokens and append this chunk's keys/values.
+        cache: continue after `cache.length` tokens and append this chunk's keys/values. A cache with
+            `provides_attention = True` (genlab.inference.paged_attention) does the attention itself and
+            needs explicit positions; it may hold many sequences flattened into one row.
         positions: absolute positions [B, T] (default: cache offset + 0..T-1), e.g. restarting per packed document.
         segments: document ids [B, T] for packed sequences; tokens attend only within their segment.
+        logit_rows: indices into T; only those positions get logits ([B, len(logit_rows), V]).
         """
         B, T = idx.shape
-        offset = cache.length if cache is not None else 0
+        paged = getattr(cache, "provides_attention", False)
+        if paged and positions is None:
+            raise GenlabError("a cache that provides attention needs explicit positions")
+        offset = cache.length if cache is not None and not paged else 0
         if positions is None:
             positions = torch.arange(offset, offset + T, device=idx.device).expand(B, T)
         if self.config.position in ("learned", "sinusoidal") and int(positions.max()) >= self.config.max_seq_len:
@@ -127,15 +133,17 @@ class Transformer(nn.Module):
             rope = rope_cos_sin(positions, self.rope_inv_freq, self.rope_divisor)
             rope = (rope[0].to(x.dtype), rope[1].to(x.dtype))
         mask = None  # None: plain causal attention, handled inside SDPA
-        if (offset and T > 1) or segments is not None or self.config.sliding_window:
+        if not paged and ((offset and T > 1) or segments is not None or self.config.sliding_window):
             assert segments is None or cache is None, "packed segments are for training, not cached decoding"
             query_order = torch.arange(offset, offset + T, device=idx.device).expand(B, T)
             key_order = torch.arange(offset + T, device=idx.device).expand(B, offset + T)
             mask = attention_mask(query_order, key_order, self.config.sliding_window, segments, segments)
         for block in self.blocks:
             x = block(x, rope, mask, positions, cache)
-        if cache is not None:
+        if cache is not None and not paged:
             cache.advance(T)
+        if logit_rows is not None:
+            x = x[:, logit_rows]
         return self.head(self.norm(x))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
