@@ -1,7 +1,9 @@
 """`genlab chat`: talk to a chat model in the terminal, with the reply streamed as it is generated.
 
-Handbook IV (chat models), V (sampling). Commands inside the chat: /reset (forget the conversation), /exit.
-When the conversation outgrows the model's context, the oldest turns are dropped.
+Handbook IV (chat models), V (sampling), VI (serving). Commands inside the chat: /reset (forget the
+conversation), /exit. When the conversation outgrows the model's context, the oldest turns are dropped.
+Replies stream through genlab's LLMEngine (paged KV cache): with prefix caching, each turn reuses the
+KV blocks of the conversation so far instead of recomputing them.
 
     genlab chat                      # the latest run's SFT model
     genlab chat runs/x/model --system "Answer briefly." --temperature 0
@@ -31,7 +33,7 @@ def chat(
     """Interactive chat with streaming replies (/reset, /exit)."""
     from genlab.cli.generate import resolve_model_dir
     from genlab.data.chat import BOS, END, add_chat_tokens, render_chat
-    from genlab.inference.generate import generate_stream
+    from genlab.inference.engine import EngineConfig, LLMEngine
     from genlab.inference.sampling import SamplingParams
     from genlab.models.hf_io import load_pretrained
     from genlab.tokenizers import BPETokenizer
@@ -41,9 +43,12 @@ def chat(
     tok = BPETokenizer.load(model_dir)
     ids = add_chat_tokens(tok)
     stop_ids = {ids[END], ids[BOS]}
+    # One conversation at a time: a cache for one full-length sequence is enough.
+    engine = LLMEngine(lm, tok, EngineConfig(max_num_seqs=1), stop_token_ids=sorted(stop_ids))
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     base = [{"role": "system", "content": system}] if system else []
     history: list[dict[str, str]] = []
+    turn = 0
     console.print(f"[dim]genlab chat with {model_dir} ({lm.num_params() / 1e6:.1f}M parameters). /reset, /exit[/]")
     while True:
         try:
@@ -66,9 +71,12 @@ def chat(
             prompt, _ = render_chat(base + history, tok, add_generation_prompt=True)
         reply = []
         console.print("bot> ", end="", style="bold green")
-        for event in generate_stream(lm, prompt, params, tok.token_bytes, eos_ids=stop_ids):
-            reply.append(event.text)
-            console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
-            console.file.flush()
+        turn += 1
+        engine.add_request(f"turn-{turn}", prompt, params)
+        while engine.has_unfinished():
+            for output in engine.step():
+                reply.append(output.text)
+                console.print(output.text, end="", markup=False, highlight=False, soft_wrap=True)
+                console.file.flush()
         console.print()
         history.append({"role": "assistant", "content": "".join(reply)})

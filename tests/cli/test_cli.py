@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [[], ["tokenizer"], ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
             ["sft"], ["finetune"], ["eval"], ["chat"], ["rag"],
-            ["speedrun"]]
+            ["speedrun"], ["serve"]]
 
 
 def genlab(*args, cwd=None):

@@ -1,0 +1,324 @@
+"""An asyncio front for the single-threaded LLMEngine: one background thread steps it, requests stream back.
+
+Handbook VI (serving: continuous batching). Kwon et al. 2023 (vLLM, PagedAttention) run the
+scheduler in one loop while an async server adds and aborts requests; genlab does the same with
+one `threading.Thread` that owns the engine. Everything that touches the engine (add, abort,
+step, stats) happens on that thread, so the engine itself needs no locks:
+
+- the event loop sends commands (add / abort / stats / stop) through a thread-safe FIFO queue;
+  FIFO order means an abort can never overtake the add it cancels;
+- each HTTP request gets a `RequestStream` (an asyncio queue) that the engine thread fills with
+  `RequestOutput`s via `loop.call_soon_threadsafe`;
+- a stream closed before its requests finish (client disconnect, cancelled handler) aborts them,
+  which frees their KV blocks on the engine's next step.
+
+When nothing runs, the thread blocks on the command queue (no busy loop). An exception inside
+`engine.step()` is reported to every in-flight stream and their requests are aborted; a second
+failure in a row marks the engine dead (`/health` then answers 503).
+
+    python -m pytest -q tests/serve/test_openai_api.py -k disconnect
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from genlab.errors import GenlabError
+from genlab.inference.sampling import SamplingParams
+
+log = logging.getLogger("genlab.serve")
+
+
+@dataclass
+class EngineRequest:
+    """One sequence to generate (an HTTP request with n choices or several prompts makes several)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    constraint: Any = None  # a genlab.inference.structured.TokenIndex, or None
+    prompt_logprobs: int | None = None
+
+
+class EngineUnavailable(GenlabError):
+    """The engine thread stopped or failed; the server cannot generate."""
+
+
+class RequestStream:
+    """Async iterator over the outputs of one HTTP request's engine requests (all choices, interleaved).
+
+    Ends when every request has finished. `close()` (or leaving `async with`) aborts whatever is
+    still running; it is synchronous on purpose, so it also works inside a cancelled task.
+    """
+
+    def __init__(self, engine: "AsyncEngine", request_ids: list[str]) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.request_ids = list(request_ids)
+        self.unfinished = set(request_ids)
+
+    def _put(self, item: Any) -> None:  # called on the event loop, scheduled by the engine thread
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self):
+        if not self.unfinished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):  # engine failure or client gone: nothing more will come
+            self.close()
+            raise item
+        if item.finished:
+            self.unfinished.discard(item.request_id)
+        return item
+
+    def close(self) -> None:
+        """Abort the requests that have not finished (idempotent)."""
+        if self.unfinished:
+            self._engine.abort(sorted(self.unfinished))
+            self.unfinished.clear()
+
+    async def __aenter__(self) -> "RequestStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class _Sink:
+    stream: RequestStream
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any = None,
+             error: BaseException | None = None) -> None:
+    """Complete an asyncio future from the engine thread (ignored if its waiter already left)."""
+    def done() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    try:
+        loop.call_soon_threadsafe(done)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def _put_all(batch: list[tuple[RequestStream, Any]]) -> None:
+    for stream, output in batch:
+        stream._put(output)
+
+
+class AsyncEngine:
+    """Owns an LLMEngine and its stepping thread. Use from one asyncio event loop (or several)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, _Sink] = {}  # engine-thread only
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.started_at = time.monotonic()
+        self.busy_seconds = 0.0  # time spent inside engine.step()
+        self.steps = 0
+        self.error: str | None = None  # the last step failure, if any
+        self.dead = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "AsyncEngine":
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="genlab-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Abort everything in flight and join the thread."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._commands.put(("stop",))
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self.dead
+
+    # --- event-loop side ---------------------------------------------------------------------------
+    async def submit(self, requests: list[EngineRequest]) -> RequestStream:
+        """Add requests to the engine; returns their stream once all were accepted.
+
+        If the engine rejects one (ConfigError: prompt too long, duplicate id, ...), the ones already
+        added are aborted and the error is raised here, before any output exists.
+        """
+        if not self.running:
+            raise EngineUnavailable(f"the engine is not running{': ' + self.error if self.error else ''}")
+        loop = asyncio.get_running_loop()
+        stream = RequestStream(self, [r.request_id for r in requests])
+        accepted = loop.create_future()
+        self._commands.put(("add", requests, _Sink(stream, loop), accepted))
+        try:
+            await accepted
+        except asyncio.CancelledError:
+            stream.close()
+            raise
+        return stream
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Abort requests (thread-safe, non-blocking); unknown or finished ids are ignored."""
+        self._commands.put(("abort", list(request_ids)))
+
+    async def stats(self) -> dict[str, Any]:
+        """A snapshot of the engine's stats (a plain dict), taken on the engine thread."""
+        if not self.running:
+            raise EngineUnavailable("the engine is not running")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._commands.put(("stats", loop, future))
+        return await future
+
+    # --- engine thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            idle = self.dead or not self.engine.has_unfinished()
+            try:
+                command = self._commands.get(timeout=None) if idle else self._commands.get_nowait()
+            except queue.Empty:
+                command = None
+            while command is not None:  # drain every pending command before the next step
+                if command[0] == "stop":
+                    self._shutdown()
+                    return
+                self._handle(command)
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = None
+            if self.dead or not self.engine.has_unfinished():
+                continue
+            t0 = time.perf_counter()
+            try:
+                outputs = self.engine.step()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - reported to every waiting client, never kills the thread
+                failures += 1
+                self._fail_all(exc, fatal=failures > 1)
+                continue
+            finally:
+                self.busy_seconds += time.perf_counter() - t0
+                self.steps += 1
+            self._deliver(outputs)
+
+    def _handle(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "add":
+            _, requests, sink, accepted = command
+            if self.dead:
+                _resolve(sink.loop, accepted, error=EngineUnavailable(f"the engine failed: {self.error}"))
+                return
+            added: list[str] = []
+            try:
+                for r in requests:
+                    self.engine.add_request(r.request_id, r.prompt_ids, r.params, constraint=r.constraint,
+                                            prompt_logprobs=r.prompt_logprobs)
+                    added.append(r.request_id)
+                    self._sinks[r.request_id] = sink
+            except Exception as exc:  # noqa: BLE001 - a rejected request must not stop the thread
+                for rid in added:
+                    self._abort_one(rid)
+                if not isinstance(exc, GenlabError):
+                    log.exception("engine.add_request failed")
+                _resolve(sink.loop, accepted, error=exc)
+                return
+            _resolve(sink.loop, accepted, True)
+        elif kind == "abort":
+            for rid in command[1]:
+                self._abort_one(rid)
+        elif kind == "stats":
+            _, loop, future = command
+            try:
+                _resolve(loop, future, self._stats_snapshot())
+            except Exception as exc:  # noqa: BLE001
+                _resolve(loop, future, error=exc)
+
+    def _abort_one(self, request_id: str) -> None:
+        if request_id not in self._sinks:
+            return  # finished already, or never added
+        try:
+            self.engine.abort(request_id)
+        except GenlabError:
+            self._sinks.pop(request_id, None)
+
+    def _deliver(self, outputs) -> None:
+        """Hand a step's outputs to their streams: one wake-up per event loop per step, not per token."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
+        for output in outputs:
+            sink = self._sinks.get(output.request_id)
+            if sink is None:
+                continue
+            if output.finished:
+                del self._sinks[output.request_id]
+            batches.setdefault(sink.loop, []).append((sink.stream, output))
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # that client's event loop is gone: stop generating for it
+                for _, output in batch:
+                    if not output.finished:
+                        self._abort_one(output.request_id)  # its sink stays until the "abort" output
+
+    def _fail_all(self, exc: Exception, fatal: bool) -> None:
+        log.error("engine step failed: %r", exc, exc_info=exc)
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.dead = self.dead or fatal
+        sinks, self._sinks = self._sinks, {}
+        for rid, sink in sinks.items():
+            try:
+                self.engine.abort(rid)
+            except Exception:  # noqa: BLE001 - the engine may be inconsistent now
+                pass
+            try:
+                sink.loop.call_soon_threadsafe(sink.stream._put, EngineUnavailable(f"generation failed: {self.error}"))
+            except RuntimeError:
+                pass
+        if self.dead:
+            log.error("engine marked dead after repeated failures")
+
+    def _shutdown(self) -> None:
+        for rid in list(self._sinks):
+            self._abort_one(rid)
+        deadline = time.monotonic() + 5.0
+        while self.engine.has_unfinished() and time.monotonic() < deadline and not self.dead:
+            try:
+                self._deliver(self.engine.step())  # lets aborted requests report "abort" and free blocks
+            except Exception:  # noqa: BLE001
+                break
+        self.dead = True
+
+    def _stats_snapshot(self) -> dict[str, Any]:
+        stats = self.engine.stats
+        if dataclasses.is_dataclass(stats):
+            snapshot = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+        else:
+            snapshot = {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+        snapshot = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in snapshot.items()}
+        snapshot["engine_busy_seconds"] = self.busy_seconds
+        snapshot["engine_steps"] = self.steps
+        snapshot["uptime_seconds"] = time.monotonic() - self.started_at
+        snapshot["in_flight_requests"] = len(self._sinks)
+        return snapshot
+
+
+__all__ = ["AsyncEngine", "EngineRequest", "EngineUnavailable", "RequestStream"]

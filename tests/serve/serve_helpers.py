@@ -1,0 +1,60 @@
+"""Helpers for the server tests: a uvicorn server in a thread, a log recorder, shared names.
+
+    python -m pytest -q tests/serve
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+API_KEY = "sk-genlab-test"
+MODEL_NAME = "tiny-chat"
+MAX_SEQ_LEN = 512
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    @property
+    def engine(self):
+        return self.app.state.serving.engine.engine
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(app) -> LiveServer:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+class RecordHandler(logging.Handler):
+    """Keeps the genlab.serve log lines, so tests can check what the server logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
