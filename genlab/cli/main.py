@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from genlab.cli import chat, evaluate, generate, pretrain, rag, serve, sft, speedrun, tokenizer  # noqa: E402  (each module is light: heavy imports are lazy)
+from genlab.cli import align, chat, evaluate, generate, pretrain, rag, serve, sft, speedrun, tokenizer  # noqa: E402  (each module is light: heavy imports are lazy)
 
 app.add_typer(tokenizer.app, name="tokenizer")
 app.add_typer(rag.app, name="rag")
@@ -33,6 +33,8 @@ app.command("finetune")(sft.sft)
 app.command("sft", help="Alias of finetune.")(sft.sft)
 app.command("eval")(evaluate.evaluate)
 app.command("chat")(chat.chat)
+for _name in ("dpo", "kto", "orpo", "simpo", "reward", "ppo", "grpo"):
+    app.command(_name)(getattr(align, _name))
 app.command("serve")(serve.serve)
 
 

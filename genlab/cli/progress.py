@@ -54,7 +54,12 @@ class TrainProgress:
 
     def __call__(self, metrics: dict[str, Any]) -> None:
         """Update from one metrics row; the first row of a resumed run jumps the bar to its step."""
-        fields: dict[str, Any] = {"loss": f"{metrics['loss']:.4f}", "tok_per_s": f"{metrics['tok_per_s']:,.0f}"}
+        # Every trainer reports a step; loss and throughput only where they apply (an RL step may log reward instead).
+        fields: dict[str, Any] = {}
+        if metrics.get("loss") is not None:
+            fields["loss"] = f"{metrics['loss']:.4f}"
+        if metrics.get("tok_per_s") is not None:
+            fields["tok_per_s"] = f"{metrics['tok_per_s']:,.0f}"
         if metrics.get("val_loss") is not None:
             fields["val_loss"] = f"{metrics['val_loss']:.4f}"
         if not self._seen_a_step:  # a resumed run starts mid-way: restart the rate estimate there

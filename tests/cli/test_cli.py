@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [[], ["tokenizer"], ["tokenizer", "train"], ["tokenizer", "encode"], ["pretrain"], ["generate"],
             ["sft"], ["finetune"], ["eval"], ["chat"], ["rag"],
-            ["speedrun"], ["serve"]]
+            ["speedrun"], ["serve"], ["dpo"], ["kto"], ["orpo"], ["simpo"], ["reward"], ["ppo"], ["grpo"]]
 
 
 def genlab(*args, cwd=None):
