@@ -12,14 +12,19 @@ repetitive, which both drafters exploit; the printed sample shows what is being 
 directory written by genlab.models.hf_io.save_pretrained. Every contestant runs greedy, fp32, with
 the same torch.set_num_threads (default 1, --threads), on the same prompts and max_tokens; no EOS
 (the tokenizer has no special tokens; transformers gets eos_token_id=None), so every request makes
-exactly max_tokens tokens.
+exactly its max_tokens tokens.
 (1) single-stream decode: genlab LLMEngine (paged) and plain genlab.inference.generate vs
     transformers `generate`, prompt by prompt in turn (round robin); tok/s = new tokens / wall time
     of the whole call (prefill included). Greedy outputs are compared token for token.
-(2) 64 concurrent requests: the live genlab server (uvicorn in this process, a free localhost port,
-    /v1/completions streamed, prompts sent as token ids, 64 httpx requests at once) vs transformers
-    batched `generate` (left padding) on the same prompts; total generated tok/s. TTFT/TPOT p50 are
-    measured by the client on the streamed chunks (and read from /metrics). The offline engine
+(2) 64 concurrent requests, a serving mix: prompts of varied lengths (24..prompt_tokens) and
+    per-request max_tokens spread evenly over [conc_new/8, 2*conc_new - conc_new/8] (shuffled). The
+    live genlab server (uvicorn in this process, a free localhost port, /v1/completions streamed and
+    not streamed, prompts sent as token ids, 64 httpx requests at once from a separate client process,
+    so the load generator's parsing does not hold the server's GIL) vs transformers batched
+    `generate` (left padding) on the same prompts: static batching must run every row to the longest
+    request, then each row is cut to its own max_tokens (for the identity check). Both sides count
+    only the requested tokens; tok/s = requested tokens / wall time. TTFT/TPOT p50 are measured by
+    the client on the streamed chunks (and read from /metrics). The offline engine
     (LLMEngine.generate on all 64) is shown too, to separate engine from HTTP cost.
 (3) speculative decoding (genlab.inference.speculative): wall time of plain target greedy decoding
     (genlab.inference.generate) over speculative greedy decoding with the trained draft model and with
@@ -180,8 +185,11 @@ def hf_twin(model: Transformer, directory: Path):
     return hf, diff
 
 
-def hf_generate(hf, prompts: list[list[int]], max_new: int) -> list[list[int]]:
-    """Greedy batched generate with left padding; exactly max_new tokens per prompt."""
+def hf_generate(hf, prompts: list[list[int]], max_new: int | list[int]) -> list[list[int]]:
+    """Greedy batched generate with left padding. Per-request max_new: the batch runs to the largest
+    (static batching has no other choice) and each row is cut to its own request's length."""
+    limits = max_new if isinstance(max_new, list) else [max_new] * len(prompts)
+    max_new = max(limits)
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -190,7 +198,7 @@ def hf_generate(hf, prompts: list[list[int]], max_new: int) -> list[list[int]]:
         mask[i, width - len(p):] = 1
     with torch.no_grad():
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
-    return out[:, width:].tolist()
+    return [row[:n] for row, n in zip(out[:, width:].tolist(), limits)]
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -257,6 +265,15 @@ class StreamTiming:
     chunks: list[float] = field(default_factory=list)
 
 
+async def plain_completion(client, base_url: str, prompt: list[int], max_new: int) -> StreamTiming:
+    """Non-streamed: one JSON answer per request (TTFT/TPOT not observable by the client)."""
+    body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_new, "temperature": 0}
+    response = await client.post(f"{base_url}/v1/completions", json=body)
+    response.raise_for_status()
+    answer = response.json()
+    return StreamTiming(text=answer["choices"][0]["text"], tokens=answer["usage"]["completion_tokens"])
+
+
 async def stream_completion(client, base_url: str, prompt: list[int], max_new: int) -> StreamTiming:
     body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_new, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -280,57 +297,91 @@ async def stream_completion(client, base_url: str, prompt: list[int], max_new: i
     return timing
 
 
-async def drive_server(base_url: str, prompts: list[list[int]], max_new: int) -> tuple[float, list[StreamTiming], dict]:
+async def drive_server(base_url: str, prompts: list[list[int]], max_news: list[int],
+                       streamed: bool) -> tuple[float, list[StreamTiming], dict]:
     import httpx
 
+    send = stream_completion if streamed else plain_completion
     limits = httpx.Limits(max_connections=len(prompts) + 4, max_keepalive_connections=len(prompts) + 4)
     async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
-        await stream_completion(client, base_url, prompts[0][:8], 2)  # warm-up
+        await send(client, base_url, prompts[0][:8], 2)  # warm-up
         t0 = time.perf_counter()
-        timings = await asyncio.gather(*(stream_completion(client, base_url, p, max_new) for p in prompts))
+        timings = await asyncio.gather(*(send(client, base_url, p, n) for p, n in zip(prompts, max_news)))
         wall = time.perf_counter() - t0
         metrics = (await client.get(f"{base_url}/metrics")).json()
     return wall, list(timings), metrics
 
 
-def bench_concurrent(target, hf, tokenizer, prompts, max_new) -> dict:
+def client_process(base_url: str, prompts: list[list[int]], max_news: list[int], streamed: bool):
+    """The load generator, run in its own process (as real clients are): its SSE parsing must not
+    share the server process's GIL. Returns (wall seconds, timings as dicts, /metrics)."""
+    wall, timings, metrics = asyncio.run(drive_server(base_url, prompts, max_news, streamed))
+    return wall, [vars(t) for t in timings], metrics
+
+
+def concurrent_max_tokens(count: int, mean: int) -> list[int]:
+    """Per-request max_tokens spread evenly over [mean/8, 2*mean - mean/8] (a serving mix of short and long answers),
+    in a fixed shuffled order so lengths are not correlated with prompt lengths."""
+    low, high = max(1, mean // 8), 2 * mean - max(1, mean // 8)
+    values = [low + round(i * (high - low) / max(1, count - 1)) for i in range(count)]
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(3)).tolist()
+    return [values[j] for j in order]
+
+
+def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int]) -> dict:
+    """Everyone gets the same prompts and per-request max_tokens; only requested tokens count."""
     from genlab.inference.engine import EngineConfig, LLMEngine
     from genlab.serve.app import create_app
 
     config = EngineConfig(max_num_seqs=len(prompts))
+    requested = sum(max_news)
     rows = {}
-    # transformers batched generate (left padding), all prompts in one batch.
+    # transformers batched generate (left padding), all prompts in one batch, run to the longest request.
     hf_generate(hf, prompts[:2], 2)
     t0 = time.perf_counter()
-    hf_out = hf_generate(hf, prompts, max_new)
+    hf_out = hf_generate(hf, prompts, max_news)
     hf_wall = time.perf_counter() - t0
-    rows["transformers batched generate"] = {"tok_s": len(prompts) * max_new / hf_wall, "seconds": hf_wall}
+    rows["transformers batched generate"] = {"tok_s": requested / hf_wall, "seconds": hf_wall}
     # The offline engine: the same scheduling without HTTP.
     engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
     engine.generate([prompts[0][:8]], SamplingParams(temperature=0, max_tokens=2))
     t0 = time.perf_counter()
-    offline = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=max_new))
+    offline = engine.generate(prompts, [SamplingParams(temperature=0, max_tokens=n) for n in max_news])
     off_wall = time.perf_counter() - t0
     rows["genlab engine offline"] = {"tok_s": sum(len(r.token_ids) for r in offline) / off_wall, "seconds": off_wall}
-    # The live server.
-    server_engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
-    server, thread, base_url = start_server(create_app(server_engine, MODEL_NAME))
-    try:
-        wall, timings, metrics = asyncio.run(drive_server(base_url, prompts, max_new))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    # The live server, streamed (SSE) and not.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = {}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
+        client.submit(time.sleep, 0).result()  # the client process is started (and imports done) before timing
+        for streamed in (False, True):
+            server_engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
+            server, thread, base_url = start_server(create_app(server_engine, MODEL_NAME))
+            try:
+                wall, raw, metrics = client.submit(client_process, base_url, prompts, max_news, streamed).result()
+                runs[streamed] = (wall, [StreamTiming(**t) for t in raw], metrics)
+            finally:
+                server.should_exit = True
+                thread.join(timeout=60)
+            wall, timings, _ = runs[streamed]
+            name = "genlab server (HTTP, streamed)" if streamed else "genlab server (HTTP, not streamed)"
+            rows[name] = {"tok_s": sum(t.tokens for t in timings) / wall, "seconds": wall}
+    wall, timings, metrics = runs[True]
     tokens = sum(t.tokens for t in timings)
-    rows["genlab server (HTTP, streamed)"] = {"tok_s": tokens / wall, "seconds": wall}
     hf_texts = [tokenizer.decode(o) for o in hf_out]
     offline_texts = [r.text for r in offline]
     return {
-        "rows": rows, "requests": len(prompts), "new_tokens": max_new, "server_tokens": tokens,
+        "rows": rows, "requests": len(prompts), "new_tokens": f"{min(max_news)}..{max(max_news)}",
+        "requested_tokens": requested, "hf_computed_tokens": len(prompts) * max(max_news),
+        "prompt_tokens": f"{min(map(len, prompts))}..{max(map(len, prompts))}", "server_tokens": tokens,
         "ttft_ms_p50": statistics.median(t.ttft for t in timings) * 1e3,
         "tpot_ms_p50": statistics.median(t.tpot for t in timings if t.tpot is not None) * 1e3,
         "metrics_ttft_ms_p50": metrics["ttft_ms"]["p50"], "metrics_tpot_ms_p50": metrics["tpot_ms"]["p50"],
         "server_equals_offline": sum(t.text == o for t, o in zip(timings, offline_texts)),
         "server_equals_transformers": sum(t.text == h for t, h in zip(timings, hf_texts)),
+        "plain_server_equals_offline": sum(t.text == o for t, o in zip(runs[False][1], offline_texts)),
     }
 
 
@@ -399,7 +450,9 @@ def print_tables(bs1: dict, conc: dict, spec: dict, training: dict, threads: int
         div = f" (diverge at {r['first_divergence']})" if r["first_divergence"] else ""
         t.add_row(name, f"{r['tok_s']:.1f}", f"{r['seconds']:.2f}", f"{r['identical_to_generate']}/{bs1['prompts']}{div}")
     console.print(t)
-    t = Table(title=f"(2) {conc['requests']} concurrent requests x {conc['new_tokens']} new tokens")
+    t = Table(title=f"(2) {conc['requests']} concurrent requests, prompts of {conc['prompt_tokens']} tokens, "
+                    f"max_tokens {conc['new_tokens']} per request ({conc['requested_tokens']} requested tokens; "
+                    f"transformers batched runs every row to the longest: {conc['hf_computed_tokens']} computed)")
     for c in ("system", "total tok/s", "seconds"):
         t.add_column(c)
     for name, r in conc["rows"].items():
@@ -451,7 +504,8 @@ def main() -> None:
     del bs1_engine
     conc_prompts = [p[:24 + (i * 7) % (s["prompt_tokens"] - 23)]  # lengths vary between 24 and prompt_tokens
                     for i, p in enumerate(prompts_from(data, s["concurrent"], s["prompt_tokens"], offset=1))]
-    conc = bench_concurrent(target, hf, data.tokenizer, conc_prompts, s["conc_new"])
+    conc_max_tokens = concurrent_max_tokens(s["concurrent"], s["conc_new"])
+    conc = bench_concurrent(target, hf, data.tokenizer, conc_prompts, conc_max_tokens)
     spec_sets = {"code": prompts_from(data, s["spec_prompts"], s["prompt_tokens"], offset=2),
                  "copy": copy_prompts(data, s["spec_prompts"], s["prompt_tokens"])}
     spec, samples = bench_speculative(target, draft, data.tokenizer, spec_sets, s["spec_new"], s["draft_k"], s["ngram_k"])
@@ -473,6 +527,7 @@ def main() -> None:
             "decode_bs1_generate_vs_transformers": rows1["genlab generate"]["tok_s"] / hf1,
             "throughput_64_vs_transformers": rows2["genlab server (HTTP, streamed)"]["tok_s"] / hf2,
             "throughput_64_offline_engine_vs_transformers": rows2["genlab engine offline"]["tok_s"] / hf2,
+            "throughput_64_not_streamed_vs_transformers": rows2["genlab server (HTTP, not streamed)"]["tok_s"] / hf2,
             "speculative_speedup": best["speedup"],
             **{f"speculative_speedup_{k[1].split()[0]}_{k[0]}": r["speedup"] for k, r in spec.items() if k[1] != "plain"},
         },
@@ -485,6 +540,9 @@ def main() -> None:
             "decode_bs1_tok_s": rows1["genlab engine (paged)"]["tok_s"],
             "decode_bs1_generate_tok_s": rows1["genlab generate"]["tok_s"],
             "throughput_64_tok_s": rows2["genlab server (HTTP, streamed)"]["tok_s"],
+            "throughput_64_not_streamed_tok_s": rows2["genlab server (HTTP, not streamed)"]["tok_s"],
+            "throughput_64_offline_tok_s": rows2["genlab engine offline"]["tok_s"],
+            "server_equals_transformers": conc["server_equals_transformers"],
             "bs1_identical_transformers": rows1["transformers generate"]["identical_to_generate"],
             "bs1_identical_engine": rows1["genlab engine (paged)"]["identical_to_generate"],
             "speculative_identical": not not_identical,
@@ -495,7 +553,13 @@ def main() -> None:
         "options": {"quick": args.quick, "threads": args.threads, "precision": "fp32", "decoding": "greedy",
                     "speculative_best": f"{best_key[1]} on {best_key[0]} prompts",
                     "target": {**s["target"], "vocab": vocab}, "draft": s["draft"], "bs1_new_tokens": s["bs1_new"],
-                    "concurrent": s["concurrent"], "concurrent_new_tokens": s["conc_new"],
+                    "concurrent": s["concurrent"],
+                    "concurrent_workload": (f"{s['concurrent']} requests, prompt lengths {conc['prompt_tokens']} tokens, "
+                                            f"per-request max_tokens {conc['new_tokens']} (evenly spread, shuffled, "
+                                            f"sum {conc['requested_tokens']}), no EOS; transformers batched generate runs "
+                                            f"to the max ({conc['hf_computed_tokens']} row-tokens) and is cut per request; "
+                                            "only requested tokens count for both; the HTTP client runs in a "
+                                            "separate process"),
                     "spec_new_tokens": s["spec_new"], "bs1_prompt_tokens": s["prompt_tokens"]},
     }
     print(json.dumps(result))

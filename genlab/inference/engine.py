@@ -198,8 +198,9 @@ class LLMEngine:
         step = self.kv.step([Chunk(c.seq.block_table, c.start, c.length) for c in chunks])
         with torch.inference_mode():
             idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-            logits = self.model(idx, cache=step, positions=step.positions,
-                                logit_rows=torch.tensor(rows, dtype=torch.long, device=self.device))[0]
+            # All-decode steps need every row's logits: no row selection (one copy fewer).
+            logit_rows = None if len(rows) == row else torch.tensor(rows, dtype=torch.long, device=self.device)
+            logits = self.model(idx, cache=step, positions=step.positions, logit_rows=logit_rows)[0]
         samplers: list[tuple[Sequence, int]] = []  # (sequence, its row in `logits`)
         at = 0  # this chunk's first row in `logits`
         for c in chunks:
@@ -219,10 +220,14 @@ class LLMEngine:
                  and seq.decoder is None]
         tokens: list[int | None] = [None] * len(samplers)
         if plain:
-            best = logits[torch.tensor([samplers[i][1] for i in plain])].argmax(dim=-1).tolist()
+            plain_rows = [samplers[i][1] for i in plain]
+            if plain_rows == list(range(len(logits))):  # every row, in order (all-decode, all greedy)
+                best = logits.argmax(dim=-1).tolist()
+            else:
+                best = logits[torch.tensor(plain_rows)].argmax(dim=-1).tolist()
             for i, t in zip(plain, best):
                 tokens[i] = t
-        return [self._sample(seq, logits[r], tokens[i]) for i, (seq, r) in enumerate(samplers)]
+        return [self._sample(seq, logits, r, tokens[i]) for i, (seq, r) in enumerate(samplers)]
 
     def _prompt_logprobs(self, seq: Sequence, c: ScheduledChunk, logits: torch.Tensor) -> None:
         """Row at position p scores prompt token p + 1; only entries not yet collected (re-prefill)."""
@@ -232,9 +237,10 @@ class LLMEngine:
             targets = seq.prompt_ids[c.start + first + 1:c.start + last + 1]
             seq.prompt_logprobs.extend(logprobs_of(logits[first:last], targets, seq.prompt_logprobs_k))
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor, token: int | None) -> RequestOutput:
-        """Pick (unless already picked) and record seq's next token from its raw logits [V]."""
+    def _sample(self, seq: Sequence, all_logits: torch.Tensor, row: int, token: int | None) -> RequestOutput:
+        """Pick (unless already picked) and record seq's next token from its raw logits all_logits[row] [V]."""
         params = seq.params
+        logits = all_logits[row] if token is None or params.logprobs is not None else None  # a view, only if used
         if token is None:
             processed = logits
             if seq.decoder is not None:

@@ -1,17 +1,19 @@
 """Paged KV cache and gather-based paged attention over a flattened batch of sequences.
 
 Handbook VI (KV caching, PagedAttention). Kwon et al. 2023 (vLLM). The store is one tensor per
-k/v of shape [n_layer, num_blocks, n_kv_head, block_size, head_dim]; a token at position p of a
-sequence lives in slot p % block_size of physical block block_table[p // block_size].
+k/v of shape [n_layer, n_kv_head, num_blocks, block_size, head_dim]; a token at position p of a
+sequence lives in slot p % block_size of physical block block_table[p // block_size]. Heads come
+before blocks so that, per head, consecutive blocks are consecutive memory: a sequence whose
+blocks are consecutive is read in place, and a gather yields [head, sequence, key, dim] directly.
 
 A step runs ONE model forward over all scheduled tokens, flattened to a batch of one row [1, N]
 with explicit per-token positions. `PagedStep` is the cache object handed to
 `Transformer.forward(cache=...)`: it has `provides_attention = True`, so each attention layer
 gives it its q, k, v (after RoPE) and it stores k, v into their slots and attends:
 - decode tokens (one query per sequence) in one batched computation: each sequence's blocks are
-  gathered through its (padded) block table into a reused buffer [S, n_blocks, n_kv_head,
-  block_size, head_dim] (one copy), scored block by block with one batched matmul, softmaxed over
-  all of the sequence's slots (padding masked), and the values summed back over blocks;
+  gathered through its (padded) block table into a reused buffer [n_kv_head, S, keys, head_dim]
+  (one copy; none for a lone sequence whose blocks are consecutive), then one SDPA call over all
+  sequences with an additive mask for the padding;
 - prefill chunks one sequence at a time (few per step, each a large matmul): a chunk that starts
   at position 0 attends to its own keys (plain causal); a later chunk (chunked prefill, prefix
   cache hit, re-prefill) gathers the earlier keys through its block table and masks causally.
@@ -40,20 +42,21 @@ class PagedKVCache:
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
-        shape = (config.n_layer, num_blocks, config.n_kv_head, block_size, config.head_dim)
+        shape = (config.n_layer, config.n_kv_head, num_blocks, block_size, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.config, self.num_blocks, self.block_size = config, num_blocks, block_size
         # Gather buffers, reused by every layer and step: a fresh multi-MB tensor per call would be
         # page-faulted in each time, which costs more than the copy itself.
-        self._workspace = torch.empty((0,) + shape[2:], dtype=dtype, device=device)
+        self._workspace = torch.empty(0, dtype=dtype, device=device)
 
     def workspace(self, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two buffers of n_blocks blocks each (for keys and values), grown on demand."""
-        if self._workspace.shape[0] < 2 * n_blocks:
-            self._workspace = torch.empty((2 * n_blocks,) + self._workspace.shape[1:],
-                                          dtype=self.k.dtype, device=self.k.device)
-        return self._workspace[:n_blocks], self._workspace[n_blocks:2 * n_blocks]
+        """Two contiguous buffers [n_kv_head, n_blocks, block_size, head_dim] (keys, values), grown on demand."""
+        shape = (self.k.shape[1], n_blocks) + tuple(self.k.shape[3:])
+        numel = shape[0] * n_blocks * shape[2] * shape[3]
+        if self._workspace.numel() < 2 * numel:
+            self._workspace = torch.empty(2 * numel, dtype=self.k.dtype, device=self.k.device)
+        return self._workspace[:numel].view(shape), self._workspace[numel:2 * numel].view(shape)
 
     def step(self, chunks: list["Chunk"]) -> "PagedStep":
         return PagedStep(self, chunks)
@@ -80,8 +83,16 @@ def _attend(q, k, v, mask, is_causal: bool, reference: bool) -> torch.Tensor:
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
+def _consecutive(blocks: list[int]) -> bool:
+    return blocks[-1] - blocks[0] == len(blocks) - 1 and all(b == a + 1 for a, b in zip(blocks, blocks[1:]))
+
+
 class PagedStep:
-    """Per-step metadata (slots, decode/prefill groups) plus `attend` for the model's layers."""
+    """Per-step metadata (slots, decode/prefill groups) plus `attend` for the model's layers.
+
+    Built once per step and shared by every layer, so per-layer work is only the store and the
+    attention itself; the lone-token step (single-stream decode) skips index tensors entirely.
+    """
 
     provides_attention = True
 
@@ -98,74 +109,93 @@ class PagedStep:
         self.prefills: list[tuple[int, Chunk]] = []  # (first row in the flat batch, chunk)
         row = 0
         for c in chunks:
-            span = range(c.start, c.start + c.length)
-            slot_block.extend(c.block_table[p // bs] for p in span)
-            slot_offset.extend(p % bs for p in span)
-            positions.extend(span)
             if c.length == 1:
+                p = c.start
+                slot_block.append(c.block_table[p // bs])
+                slot_offset.append(p % bs)
+                positions.append(p)
                 decode_rows.append(row)
                 decode_tables.append(c.block_table)
-                decode_lens.append(c.start + 1)
+                decode_lens.append(p + 1)
             else:
+                span = range(c.start, c.start + c.length)
+                slot_block.extend(c.block_table[p // bs] for p in span)
+                slot_offset.extend(p % bs for p in span)
+                positions.extend(span)
                 self.prefills.append((row, c))
             row += c.length
         self.num_tokens = row
-        self.slot_block = torch.tensor(slot_block, dtype=torch.long, device=device)
-        self.slot_offset = torch.tensor(slot_offset, dtype=torch.long, device=device)
-        self.positions = torch.tensor([positions], dtype=torch.long, device=device)
+        self.max_position = max(positions)  # read by Transformer.forward (RoPE table length)
+        # One tensor for positions and slots (one allocation instead of three); rows are views.
+        meta = torch.tensor([positions, slot_block, slot_offset], dtype=torch.long, device=device)
+        self.positions, self.slot_block, self.slot_offset = meta[0:1], meta[1], meta[2]
+        self.single_slot = (slot_block[0], slot_offset[0]) if row == 1 else None  # stored by a plain copy
         self.all_decode = not self.prefills  # the common case: no row bookkeeping needed
-        self.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device) if decode_rows else None
-        if decode_rows:
-            n_blocks = -(-max(decode_lens) // bs)
-            # Pad every table to n_blocks with block 0: padded slots are masked out below.
-            padded = [t[:-(-n // bs)] + [0] * (n_blocks + n // -bs) for t, n in zip(decode_tables, decode_lens)]
-            self.decode_blocks = torch.tensor(padded, dtype=torch.long, device=device).flatten()
-            key_pos = torch.arange(n_blocks * bs, device=device)
-            lens = torch.tensor(decode_lens, device=device)[:, None]
-            allowed = key_pos < lens
-            if self.window is not None:
-                allowed &= key_pos > lens - 1 - self.window
-            # additive mask [S, 1, 1, K]: 0 where allowed, -inf elsewhere
-            zero = torch.zeros((), dtype=cache.k.dtype, device=device)
-            self.decode_bias = torch.where(allowed, zero, float("-inf"))[:, None, None]
+        self.decode_rows = None
+        self.decode_span = None  # (first block, n_blocks, n_keys): one sequence read in place
+        if not decode_rows:
+            return
+        if not self.all_decode:
+            self.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
+        n_blocks = -(-max(decode_lens) // bs)
+        if len(decode_rows) == 1 and self.window is None and _consecutive(decode_tables[0][:n_blocks]):
+            self.decode_span = (decode_tables[0][0], n_blocks, decode_lens[0])
+            return
+        # Pad every table to n_blocks with block 0: padded slots are masked out below.
+        padded = [t[:-(-n // bs)] + [0] * (n_blocks + n // -bs) for t, n in zip(decode_tables, decode_lens)]
+        self.decode_blocks = torch.tensor(padded, dtype=torch.long, device=device).flatten()
+        key_pos = torch.arange(n_blocks * bs, device=device)
+        lens = torch.tensor(decode_lens, device=device)[:, None]
+        allowed = key_pos < lens
+        if self.window is not None:
+            allowed &= key_pos > lens - 1 - self.window
+        # additive mask [S, 1, 1, K]: 0 where allowed, -inf elsewhere
+        zero = torch.zeros((), dtype=cache.k.dtype, device=device)
+        self.decode_bias = torch.where(allowed, zero, float("-inf"))[:, None, None]
 
     def _gather(self, layer: int, blocks: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sequence's first `length` keys/values through its block table, as [1, Hkv, length, D]."""
-        index = torch.tensor(blocks, dtype=torch.long, device=self.cache.k.device)
+        index = None if _consecutive(blocks) else torch.tensor(blocks, dtype=torch.long, device=self.cache.k.device)
 
         def one(store: torch.Tensor) -> torch.Tensor:
-            g = store[layer].index_select(0, index)  # [nb, Hkv, bs, D]
-            nb, h, bs, d = g.shape
-            return g.transpose(0, 1).reshape(1, h, nb * bs, d)[:, :, :length]
+            st = store[layer]  # [Hkv, num_blocks, bs, D]
+            g = st[:, blocks[0]:blocks[0] + len(blocks)] if index is None else st.index_select(1, index)
+            h, nb, bs, d = g.shape
+            return g.reshape(1, h, nb * bs, d)[:, :, :length]
         return one(self.cache.k), one(self.cache.v)
 
     def _decode_attention(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """One query per sequence, q [S, H, D] -> [S, H, D], attending block by block.
+        """One query per sequence, q [S, H, D] -> [S, H, D]: softmax(q K^T / sqrt(d)) V by one SDPA call.
 
-        Each sequence's blocks are gathered ([S, nb, Hkv, bs, D], one copy) and used in place:
-        scores per block by one batched matmul, a softmax over all of the sequence's slots, and the
-        probability-weighted values summed over blocks. Same math as softmax(q K^T / sqrt(d)) V.
+        Keys/values come as [S, Hkv, K, D]: a view of the store for a lone sequence with consecutive
+        blocks, else a gather through the padded block tables (one copy per k/v) with the padding masked.
         """
         S, H, D = q.shape
-        store_k, store_v = self.cache.k[layer], self.cache.v[layer]
-        n_kv, bs = store_k.shape[1], store_k.shape[2]
-        rep = H // n_kv  # query head h reads kv head h // rep (GQA)
-        buf_k, buf_v = self.cache.workspace(len(self.decode_blocks))
-        k = torch.index_select(store_k, 0, self.decode_blocks, out=buf_k).view(S, -1, n_kv, bs, D)
-        v = torch.index_select(store_v, 0, self.decode_blocks, out=buf_v).view(S, -1, n_kv, bs, D)
-        nb = k.shape[1]
-        q = (q * D ** -0.5).view(S, 1, n_kv, rep, D)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # [S, nb, Hkv, rep, bs]
-        scores = scores.permute(0, 2, 3, 1, 4).reshape(S, n_kv, rep, nb * bs) + self.decode_bias
-        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
-        probs = probs.view(S, n_kv, rep, nb, bs).permute(0, 3, 1, 2, 4)  # [S, nb, Hkv, rep, bs]
-        return torch.matmul(probs, v).sum(dim=1).reshape(S, H, D)
+        store_k, store_v = self.cache.k[layer], self.cache.v[layer]  # [Hkv, num_blocks, bs, D]
+        n_kv, bs = store_k.shape[0], store_k.shape[2]
+        if self.decode_span is not None:
+            first, nb, n = self.decode_span
+            k = store_k[:, first:first + nb].view(1, n_kv, nb * bs, D)[:, :, :n]
+            v = store_v[:, first:first + nb].view(1, n_kv, nb * bs, D)[:, :, :n]
+            mask = None
+        else:
+            buf_k, buf_v = self.cache.workspace(len(self.decode_blocks))
+            k = torch.index_select(store_k, 1, self.decode_blocks, out=buf_k).view(n_kv, S, -1, D).transpose(0, 1)
+            v = torch.index_select(store_v, 1, self.decode_blocks, out=buf_v).view(n_kv, S, -1, D).transpose(0, 1)
+            mask = self.decode_bias
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, enable_gqa=n_kv != H)
+        return out.view(S, H, D)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store this step's k/v [1, Hkv, N, D] in their slots; return attention output [1, H, N, D]."""
-        store_k, store_v = self.cache.k[layer], self.cache.v[layer]
-        store_k[self.slot_block, :, self.slot_offset] = k[0].transpose(0, 1)
-        store_v[self.slot_block, :, self.slot_offset] = v[0].transpose(0, 1)
+        store_k, store_v = self.cache.k[layer], self.cache.v[layer]  # [Hkv, num_blocks, bs, D]
+        if self.single_slot is not None:
+            block, offset = self.single_slot
+            store_k[:, block, offset] = k[0, :, 0]
+            store_v[:, block, offset] = v[0, :, 0]
+        else:
+            store_k[:, self.slot_block, self.slot_offset] = k[0]
+            store_v[:, self.slot_block, self.slot_offset] = v[0]
         if self.all_decode:  # one query per sequence, rows in sequence order
             return self._decode_attention(layer, q[0].transpose(0, 1)).transpose(0, 1)[None]
         out = torch.empty_like(q)

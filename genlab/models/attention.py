@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.models.config import ModelConfig
-from genlab.models.positions import alibi_slopes, apply_rope
+from genlab.models.positions import alibi_slopes, rotate
 
 
 class KVCache:
@@ -86,12 +86,12 @@ class Attention(nn.Module):
                 positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        heads = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)  # [B, T, heads, D]
+        qk, v = heads.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)
+        if rope is not None:  # q and k rotated together: one set of ops per layer, not two
+            qk = rotate(qk, *rope)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if getattr(cache, "provides_attention", False):
             # A paged cache (genlab.inference.paged_attention) stores k/v and attends itself.
             y = cache.attend(self.layer_idx, q, k, v)

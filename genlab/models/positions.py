@@ -52,6 +52,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
 
 
+class RopeTable:
+    """cos and sin (the latter with its first half negated) for positions 0..length-1, computed once.
+
+    Indexing it once per forward and sharing the rows by every layer replaces per-layer
+    cos/sin/cat work; `rotate` then needs no rotate_half concatenation:
+    rotate_half(x) * sin == swap_halves(x) * signed_sin, exactly (a sign flip rounds nothing).
+    """
+
+    def __init__(self, inv_freq: torch.Tensor, divisor: float, length: int, dtype: torch.dtype) -> None:
+        cos, sin = rope_cos_sin(torch.arange(length, device=inv_freq.device), inv_freq, divisor)
+        half = cos.shape[-1] // 2
+        self.length, self.dtype, self.device = length, dtype, inv_freq.device
+        self.cos = cos.to(dtype)
+        self.signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).to(dtype)
+
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin [B, T, D] for positions [B, T]; all must be < length."""
+        return self.cos[positions], self.signed_sin[positions]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE for x [B, T, H, D] with rows from RopeTable.lookup [B, T, D] (same values as apply_rope)."""
+    swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)  # the two halves swapped (one copy)
+    return x * cos[:, :, None] + swapped * signed_sin[:, :, None]
+
+
 def alibi_slopes(n_head: int) -> torch.Tensor:
     """Head slopes 2^(-8i/n); for n not a power of two, interleave the next power's slopes (Press et al.)."""
     def power_of_two(n: int) -> list[float]:

@@ -18,7 +18,7 @@ from torch import nn
 from genlab.errors import GenlabError
 from genlab.models.attention import Attention, KVCache, attention_mask
 from genlab.models.config import ModelConfig
-from genlab.models.positions import rope_cos_sin, rope_inv_freq, sinusoidal_table
+from genlab.models.positions import RopeTable, rope_inv_freq, sinusoidal_table
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -61,8 +61,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope, mask, positions, cache):
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, positions, cache))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        if self.training and self.dropout.p > 0:
+            x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, positions, cache))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        # Inference: no dropout module calls (each is Python overhead in a per-token loop).
+        x = x + self.attn(self.attn_norm(x), rope, mask, positions, cache)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class Transformer(nn.Module):
@@ -80,6 +84,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
+        self._rope_table: RopeTable | None = None  # built on first use (dtype/device of the weights)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -130,8 +135,9 @@ class Transformer(nn.Module):
         x = self.dropout(x)
         rope = None
         if self.config.position == "rope":
-            rope = rope_cos_sin(positions, self.rope_inv_freq, self.rope_divisor)
-            rope = (rope[0].to(x.dtype), rope[1].to(x.dtype))
+            # A paged step knows its largest position already (no tensor reduction + sync per forward).
+            top = getattr(cache, "max_position", None) if paged else None
+            rope = self.rope_table((int(positions.max()) if top is None else top) + 1, x.dtype).lookup(positions)
         mask = None  # None: plain causal attention, handled inside SDPA
         if not paged and ((offset and T > 1) or segments is not None or self.config.sliding_window):
             assert segments is None or cache is None, "packed segments are for training, not cached decoding"
@@ -145,6 +151,14 @@ class Transformer(nn.Module):
         if logit_rows is not None:
             x = x[:, logit_rows]
         return self.head(self.norm(x))
+
+    def rope_table(self, length: int, dtype: torch.dtype) -> RopeTable:
+        """The cos/sin table (shared by all layers), rebuilt if too short or on another dtype/device."""
+        table = self._rope_table
+        if table is None or table.length < length or table.dtype != dtype or table.device != self.rope_inv_freq.device:
+            length = max(length, self.config.max_seq_len)
+            table = self._rope_table = RopeTable(self.rope_inv_freq, self.rope_divisor, length, dtype)
+        return table
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
         """Mean next-token cross entropy; targets == -100 are ignored (loss masks, padding)."""

@@ -12,6 +12,12 @@ step, stats) happens on that thread, so the engine itself needs no locks:
 - a stream closed before its requests finish (client disconnect, cancelled handler) aborts them,
   which frees their KV blocks on the engine's next step.
 
+Streaming cost: the event loop shares the GIL with the engine thread, so every delivered output
+(one SSE event per request) slows the steps down. Outputs are therefore coalesced per request
+over `stream_interval_s` (as vLLM's stream interval): a request's first output (time to first
+token) and its last are sent at once; in between, its tokens are merged and sent at most every
+interval. Throughput at 64 streams rises; a reader sees a few tokens per event instead of one.
+
 When nothing runs, the thread blocks on the command queue (no busy loop). An exception inside
 `engine.step()` is reported to every in-flight stream and their requests are aborted; a second
 failure in a row marks the engine dead (`/health` then answers 503).
@@ -34,6 +40,7 @@ from genlab.errors import GenlabError
 from genlab.inference.sampling import SamplingParams
 
 log = logging.getLogger("genlab.serve")
+STREAM_INTERVAL_S = 0.05  # coalesce a request's streamed tokens over this long (first and last go at once)
 
 
 @dataclass
@@ -116,6 +123,14 @@ def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: An
         pass
 
 
+def _merge(held: Any, new: Any) -> Any:
+    """Two consecutive RequestOutputs of one request as one: texts, tokens and logprobs joined, the later state."""
+    logprobs = None if held.logprobs is None and new.logprobs is None else (held.logprobs or []) + (new.logprobs or [])
+    prompt_lp = held.prompt_logprobs if held.prompt_logprobs is not None else new.prompt_logprobs
+    return dataclasses.replace(new, text=held.text + new.text, token_ids=held.token_ids + new.token_ids,
+                               logprobs=logprobs, prompt_logprobs=prompt_lp)
+
+
 def _put_all(batch: list[tuple[RequestStream, Any]]) -> None:
     for stream, output in batch:
         stream._put(output)
@@ -124,8 +139,12 @@ def _put_all(batch: list[tuple[RequestStream, Any]]) -> None:
 class AsyncEngine:
     """Owns an LLMEngine and its stepping thread. Use from one asyncio event loop (or several)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, stream_interval_s: float = STREAM_INTERVAL_S) -> None:
         self.engine = engine
+        self.stream_interval_s = stream_interval_s
+        self._held: dict[str, Any] = {}  # engine-thread only: merged outputs not yet delivered
+        self._started: set[str] = set()  # engine-thread only: requests that delivered their first output
+        self._last_flush = 0.0
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}  # engine-thread only
         self._thread: threading.Thread | None = None
@@ -260,11 +279,37 @@ class AsyncEngine:
             self.engine.abort(request_id)
         except GenlabError:
             self._sinks.pop(request_id, None)
+            self._held.pop(request_id, None)
+            self._started.discard(request_id)
 
-    def _deliver(self, outputs) -> None:
+    def _coalesce(self, outputs, flush: bool) -> list:
+        """The outputs to send now; the rest are merged into `_held` (see the module docstring)."""
+        now = time.monotonic()
+        due = flush or now - self._last_flush >= self.stream_interval_s
+        ready = []
+        for output in outputs:
+            rid = output.request_id
+            held = self._held.pop(rid, None)
+            if held is not None:
+                output = _merge(held, output)
+            if due or output.finished or rid not in self._started or not dataclasses.is_dataclass(output):
+                ready.append(output)
+                if output.finished:
+                    self._started.discard(rid)
+                else:
+                    self._started.add(rid)
+            else:
+                self._held[rid] = output
+        if due:
+            ready.extend(self._held.values())
+            self._held.clear()
+            self._last_flush = now
+        return ready
+
+    def _deliver(self, outputs, flush: bool = False) -> None:
         """Hand a step's outputs to their streams: one wake-up per event loop per step, not per token."""
         batches: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
-        for output in outputs:
+        for output in self._coalesce(outputs, flush or self.stream_interval_s <= 0):
             sink = self._sinks.get(output.request_id)
             if sink is None:
                 continue
@@ -284,6 +329,8 @@ class AsyncEngine:
         self.error = f"{type(exc).__name__}: {exc}"
         self.dead = self.dead or fatal
         sinks, self._sinks = self._sinks, {}
+        self._held.clear()
+        self._started.clear()
         for rid, sink in sinks.items():
             try:
                 self.engine.abort(rid)
@@ -302,7 +349,7 @@ class AsyncEngine:
         deadline = time.monotonic() + 5.0
         while self.engine.has_unfinished() and time.monotonic() < deadline and not self.dead:
             try:
-                self._deliver(self.engine.step())  # lets aborted requests report "abort" and free blocks
+                self._deliver(self.engine.step(), flush=True)  # aborted requests report "abort", free blocks
             except Exception:  # noqa: BLE001
                 break
         self.dead = True

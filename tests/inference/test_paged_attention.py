@@ -116,3 +116,24 @@ def test_paged_cache_needs_positions():
     step = PagedKVCache(model.config, 4, 4, torch.float64).step([Chunk([0], 0, 2)])
     with pytest.raises(GenlabError, match="positions"):
         model(torch.tensor([[1, 2]]), cache=step)
+
+
+def test_consecutive_blocks_read_in_place_equal_dense():
+    """A lone sequence whose blocks are consecutive is read as a view of the store (no gather), for
+    decode and for later prefill chunks; a scattered table takes the gather path. Same logits."""
+    model = make_model("llama", dtype=torch.float64)
+    prompt = random_prompts([23], seed=5)[0]
+    dense = dense_logits(model, prompt)
+    for first_block, scattered in ((3, False), (3, True)):
+        cache = PagedKVCache(model.config, 16, 4, torch.float64)
+        table = [first_block + i for i in range(6)]
+        if scattered:
+            table = table[::-1]
+        rows, done = [], 0
+        for n in [5, 6] + [1] * 12:  # two prefill chunks, then decode one token at a time
+            step = cache.step([Chunk(table, done, n)])
+            assert (step.decode_span is not None) == (n == 1 and not scattered)
+            with torch.no_grad():
+                rows.append(model(torch.tensor([prompt[done:done + n]]), cache=step, positions=step.positions)[0])
+            done += n
+        torch.testing.assert_close(torch.cat(rows), dense, atol=1e-10, rtol=0)
