@@ -28,9 +28,10 @@ def _seed():
 def quick_run(tmp_path_factory):
     """One `genlab speedrun --quick` per test session, shared by the tests that need a trained chat model.
 
-    Its SFT stage uses LoRA (merged afterwards), so the one option that switches the method is exercised too."""
+    Its SFT stage uses LoRA (merged afterwards), so the one option that switches the method is exercised too, and
+    the optional stages after SFT (reward model, DPO, GRPO) run for a few steps each."""
     root = tmp_path_factory.mktemp("runs")
     out = subprocess.run([sys.executable, "-m", "genlab.cli.main", "speedrun", "--quick", "--runs-root", str(root),
-                          "--name", "q", "--sft-method", "lora"], capture_output=True, text=True, timeout=600)
+                          "--name", "q", "--sft-method", "lora", "--align", "dpo", "--rl", "grpo"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return root / "q"

@@ -18,6 +18,11 @@ def speedrun(
     steps: Optional[int] = typer.Option(None, help="Override the number of pretraining steps."),
     sft_steps: Optional[int] = typer.Option(None, help="Override the number of SFT steps."),
     sft_method: str = typer.Option("full", help="SFT stage: full, lora or dora (adapters merged after training)."),
+    align: Optional[str] = typer.Option(None, help="After SFT: reward model + preference tuning (dpo, ipo, kto, orpo, simpo, "
+                                             "robust, hinge)."),
+    rl: Optional[str] = typer.Option(None, help="After SFT: reward model + RL with verifiable rewards (grpo)."),
+    retrieval: bool = typer.Option(False, "--retrieval", help="Teach SFT the sources-question-answer format and score "
+                                   "RAG on private documents (hybrid BM25 + MiniLM)."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     runs_root: str = typer.Option("runs", help="Where run directories go."),
     name: Optional[str] = typer.Option(None, help="Run name (default: speedrun-<timestamp>)."),
@@ -30,8 +35,15 @@ def speedrun(
     from genlab.recipes.report import CARD_COLUMNS
     from genlab.recipes.speedrun import SpeedrunConfig, SpeedrunHooks, run_speedrun
 
-    cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps, sft_method=sft_method,
-                                threads=threads, runs_root=runs_root, name=name, seed=seed)
+    from genlab.errors import GenlabError
+    from genlab.cli.console import fail
+
+    try:
+        cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps,
+                                    sft_method=sft_method, align=align, rl=rl, retrieval=retrieval or None,
+                                    threads=threads, runs_root=runs_root, name=name, seed=seed)
+    except GenlabError as e:
+        fail(str(e))
 
     class Hooks(SpeedrunHooks):
         def stage(self, stage: str, detail: str = "") -> None:

@@ -45,7 +45,7 @@ def _samples_of(results: dict[str, Any], limit: int = 2) -> list[str]:
 
 
 def speedrun_report(cfg: Any, summary: dict[str, Any], samples: list[dict[str, str]],
-                    base_eval: dict[str, Any], sft_eval: dict[str, Any]) -> str:
+                    base_eval: dict[str, Any], sft_eval: dict[str, Any], extra_sections: str = "") -> str:
     corpus, tok, model, pre, sft = (summary[k] for k in ("corpus", "tokenizer", "model", "pretrain", "sft"))
     card = [[stage] + [(_pct(row.get(k)) if k != "bpb" else _fmt(row.get(k))) for k, _ in CARD_COLUMNS]
             for stage, row in summary["stages"].items()]
@@ -64,6 +64,7 @@ def speedrun_report(cfg: Any, summary: dict[str, Any], samples: list[dict[str, s
                        [[p["phase"], p["step"], p["train_seconds"]] + [_pct(p.get(k)) for k, _ in CARD_COLUMNS[:-1]]
                         for p in summary.get("accuracy_curve", [])]),
         "![accuracy curve](plots/accuracy_curve.png)",
+        *([extra_sections] if extra_sections else []),
         "## Stages",
         markdown_table(["stage", "seconds"], [[k, v] for k, v in summary["timings_s"].items()]),
         "## Data and tokenizer",

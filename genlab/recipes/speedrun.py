@@ -35,8 +35,11 @@ from genlab.finetune.sft import SFTDataset, sft_train_config
 from genlab.inference.generate import generate
 from genlab.inference.sampling import SamplingParams
 from genlab.models import ModelConfig, Transformer
-from genlab.models.hf_io import save_pretrained
+from genlab.models.hf_io import load_pretrained, save_pretrained
 from genlab.recipes.curve import AccuracyCurve
+from genlab.recipes.rag_stage import rag_sft_conversations
+from genlab.recipes.speedrun_stages import (StageBudgets, check_stage_options, run_optional_stages,
+                                             stages_report)
 from genlab.recipes.plots import plot_curves, plot_grouped_bars, plot_loss_curves
 from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
@@ -74,6 +77,12 @@ class SpeedrunConfig:
     lora_r: int = 16
     lora_alpha: float = 32.0
     eval_limit: int | None = 200  # items per eval set (None: all)
+    align: str | None = None  # preference stage after SFT: dpo, ipo, kto, orpo, simpo, ... (adds a reward model)
+    rl: str | None = None  # RL stage after SFT: grpo (adds a reward model)
+    retrieval: bool = False  # RAG stage: SFT also learns the sources-question-answer format; scored on private docs
+    rag_conversations: int = 1500  # context-question-answer conversations added to SFT when retrieval is on
+    stage_steps: int = 50  # steps of each alignment stage (each also stops at stage_seconds)
+    stage_seconds: float = 150.0
     curve_every: int = 100  # probe the eval sets every this many pretraining steps (0: no accuracy curve)
     curve_limit: int = 40  # items per eval set in each probe
     few_shot_k: int = 3
@@ -85,6 +94,7 @@ class SpeedrunConfig:
     def __post_init__(self) -> None:
         if self.sft_method not in ("full", "lora", "dora"):
             raise ConfigError(f"sft_method must be full, lora or dora, got {self.sft_method!r}")
+        check_stage_options(self.align, self.rl)
         if self.world_repeats < 1:
             raise ConfigError(f"world_repeats must be >= 1, got {self.world_repeats}")
 
@@ -95,7 +105,7 @@ class SpeedrunConfig:
             "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
                           seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
                           sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200, curve_every=25,
-                          curve_limit=8,
+                          curve_limit=8, stage_steps=4, stage_seconds=30.0, rag_conversations=60,
                           threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
         }
         if mode not in presets:
@@ -215,11 +225,14 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         write_results(base_eval, run / "eval_base.json")
 
     trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
-    sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
+    sft_conversations_all = conversations
+    if cfg.retrieval:  # made-up people's documents as numbered sources: nothing about the private people leaks
+        sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed)
+    sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
-        hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(conversations)} conversations "
+        hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(sft_conversations_all)} conversations "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
             sft = train(model, sft_data, sft_cfg, callback=callback)
@@ -237,6 +250,22 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     plot_loss_curves(pre_metrics, run / "plots" / "loss.png", title="pretraining loss")
     plot_loss_curves(sft_metrics, run / "plots" / "sft_loss.png", title="SFT loss (assistant tokens)")
     stages = {"base": _stage_row(base_eval), "sft": _stage_row(sft_eval)}
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        with _timed(timings, name):
+            yield
+
+    def card_row(model_dir: Path) -> dict[str, Any]:
+        return _stage_row(_evaluate(load_pretrained(model_dir).eval(), tokenizer, items, real_val, cfg, "chat", pools))
+
+    extra, extra_rows = run_optional_stages(
+        model, tokenizer, world, run, run / "model", align=cfg.align, rl=cfg.rl, retrieval=cfg.retrieval,
+        budgets=StageBudgets(reward_steps=cfg.stage_steps, align_steps=cfg.stage_steps, grpo_steps=cfg.stage_steps,
+                             seconds_per_stage=cfg.stage_seconds, rag_limit=cfg.eval_limit),
+        seed=cfg.seed, stage=hooks.stage, training=hooks.training, timed=timed, card_row=card_row)
+    stages["sft"].update(extra.pop("sft_extra", {}))
+    stages.update(extra_rows)
     pretrain_seconds = timings["pretrain"] - curve.probe_seconds
     curve.points.append({"phase": "sft", "step": sft.steps, **{k: sft_eval["accuracy"][k] for k in EVAL_TASKS},
                          "train_seconds": round(pretrain_seconds + timings["sft"], 1)})
@@ -261,14 +290,16 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         "pretrain": {"steps": pre.steps, "tokens": pre.steps * pre_cfg.tokens_per_step,
                      "tokens_per_s": round(pre.tokens_per_s, 1), "final_train_loss": pre.losses[-1],
                      "final_val_loss": pre.final_val_loss, "options": pre.options},
-        "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
+        "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(sft_conversations_all), "final_loss": sft.losses[-1],
                 "tokens_per_s": round(sft.tokens_per_s, 1)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "accuracy_curve": curve.points,
+        **extra,
     }
     write_json(run / "summary.json", summary)
     write_json(run / "samples.json", samples)
-    write_text(run / "report.md", speedrun_report(cfg, summary, samples, base_eval, sft_eval))
+    write_text(run / "report.md", speedrun_report(cfg, summary, samples, base_eval, sft_eval,
+                                                         stages_report(summary)))
     return SpeedrunResult(run, summary, timings)
 
 

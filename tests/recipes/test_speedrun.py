@@ -44,6 +44,20 @@ def test_summary_and_report(quick_run):
         assert needle in report
 
 
+def test_alignment_stages_report_their_keys(quick_run):
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert 0.0 <= summary["reward_model"]["pairwise_accuracy"] <= 1.0
+    assert summary["dpo"]["implicit_reward_accuracy_before"] == 0.5  # the policy equals its reference at the start
+    assert {"implicit_reward_accuracy", "chosen_style_rate"} <= set(summary["dpo"])
+    assert {"verifiable_exact_match", "kl_to_reference"} <= set(summary["grpo"])
+    assert summary["grpo"]["kl_to_reference"] >= 0.0
+    assert {"verifiable_exact_match", "chosen_style_rate"} <= set(summary["stages"]["sft"])
+    assert {"dpo", "grpo"} <= set(summary["stages"])  # report-card rows for the trained stages
+    for name in ["reward/result.json", "dpo/model/model.safetensors", "grpo/model/model.safetensors"]:
+        assert (quick_run / name).is_file(), name
+    assert "## Alignment" in (quick_run / "report.md").read_text()
+
+
 def test_saved_model_reloads_and_matches_saved_tokenizer(quick_run):
     model = load_pretrained(quick_run / "model")
     tok = BPETokenizer.load(quick_run / "model")
