@@ -29,19 +29,9 @@ METHOD = typer.Option("full", help="full | lora | dora (LoRA's base is the refer
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    if not path.is_file():
-        raise GenlabError(f"data file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or any(k not in row for k in required):
-            raise GenlabError(f"{path}:{n}: expected an object with {', '.join(required)}")
-        rows.append(row)
+    from genlab.data.world.export import read_jsonl
+
+    rows = read_jsonl(path, required)
     if len(rows) < 2:
         raise GenlabError(f"{path}: needs at least 2 rows (one to train on, one to hold out)")
     return rows

@@ -20,19 +20,12 @@ from genlab.errors import GenlabError
 
 
 def read_conversations(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise GenlabError(f"conversation file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-            raise GenlabError(f"{path}:{n}: expected an object with a 'messages' list")
-        rows.append(row)
+    from genlab.data.world.export import read_jsonl
+
+    rows = read_jsonl(path, ("messages",))
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row["messages"], list):
+            raise GenlabError(f"{path}: row {n}: 'messages' must be a list of {{role, content}} objects")
     return rows
 
 

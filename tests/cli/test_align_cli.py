@@ -91,7 +91,7 @@ def test_grpo_reports_exact_match_and_kl(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["dpo", "--data", "/no/such/pairs.jsonl"], "data file not found"),
+    (["dpo", "--data", "/no/such/pairs.jsonl"], "JSONL file not found"),
     (["dpo", "--loss", "kto"], "--loss takes"),
 ])
 def test_user_errors_are_one_line(model_dir, tmp_path, args, message):

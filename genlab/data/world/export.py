@@ -42,18 +42,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); with `required`, each row must be an object with those keys."""
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"JSONL file not found: {path}")
     rows = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise GenlabError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GenlabError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if required and (not isinstance(row, dict) or any(k not in row for k in required)):
+                raise GenlabError(f"{path}:{number}: expected an object with {', '.join(required)}")
+            rows.append(row)
     return rows
 
 
