@@ -8,9 +8,9 @@ Knowledge-Intensive NLP Tasks". Two halves:
   the assistant answers with the short fact and cites its source by number ("Wuby [2]"). The sources
   describe made-up people drawn by the world's name maker from a separate stream that refuses every
   name the world already uses, so no private person (nor anyone else in the world) leaks into
-  training. Each prompt puts the right document at a random position among distractors (often the
-  subject's best friend, whose document names the subject too); a share of questions asks about
-  someone absent from the sources, answered with the world's "I don't know."
+  training. Each prompt puts the right document among distractors (often the subject's best friend,
+  whose document names the subject too), first half the time as a retriever would, else anywhere; a
+  share of questions asks about someone absent from the sources, answered with "I don't know."
 * `run_rag_stage(model, tokenizer, world, config, run_dir)`: index the world's private documents
   (people no training data mentions) in a `KnowledgeBase` (SQLite + FTS5 BM25, genlab's MiniLM
   encoder, hybrid by reciprocal rank fusion), measure retrieval hit@5 / MRR over the private
@@ -18,8 +18,11 @@ Knowledge-Intensive NLP Tasks". Two halves:
   alone): exact match after stripping citations, SQuAD-normalised. Without retrieval the model can
   only guess, so the gap is what retrieval buys.
 
-The answer prompt for k = 3 sources is about 400 tokens with the speedrun's tokenizer, so the model
-needs max_seq_len >= 512 and SFT rows of 512 tokens (RoPE does not extrapolate past trained lengths).
+Lengths with the speedrun's tokenizer (vocab 2048): the answer prompt is about 190 / 295 / 390 / 480
+tokens for k = 1 / 2 / 3 / 4 sources, and each follow-up turn adds about 28, so k = 3 needs a model
+with max_seq_len >= 512 and SFT rows of 512 tokens (RoPE does not extrapolate past trained lengths).
+A prompt that does not fit loses its lowest-ranked sources (`fit_prompt`); the result reports how
+many sources the prompts kept on average.
 
     python -m pytest -q tests/recipes/test_rag_stage.py
 """
@@ -46,10 +49,9 @@ from genlab.retrieval.knowledge import Hit, KnowledgeBase, RetrievalConfig
 from genlab.retrieval.metrics import hit_at_k, reciprocal_rank
 from genlab.retrieval.rag import RAGConfig, build_prompt, parse_citations
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")  # the [n] / [n, m] groups parse_citations reads
-# Source labels of training documents: the id is only a header, so vary it (eval ids read "private-0012").
 HIT_K = 5  # the retrieval bar's cutoff
+# Source labels of training documents: the id is only a header, so vary it (eval ids read "private-0012").
 _ID_PREFIXES = ("doc", "record", "profile", "card", "note", "entry", "private", "lookup", "file")
 
 
@@ -92,25 +94,9 @@ def _hit(n: int, source: str, text: str) -> Hit:
     return Hit(chunk_id=n, doc_id=n, source=source, text=text, score=0.0, start=0, end=len(text), metadata={})
 
 
-def _mentions(text: str, value: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", text, re.IGNORECASE) is not None
-
-
-def _cut(text: str, rng: random.Random, keep_value: str | None) -> str:
-    """A partial profile: the header lines and a random subset of the facts (always the one holding
-    `keep_value`). Short sources make the lookup easy to learn; full ones are what retrieval returns."""
-    card = text.startswith("Record ")
-    units = text.split("\n") if card else _SENTENCE_END.split(text)
-    head = [u for u in units if u.startswith(("Record ", "Name: "))]
-    facts = [u for u in units if u not in head]
-    kept = set(rng.sample(range(len(facts)), rng.randint(1, max(1, len(facts) - 1))))
-    kept |= {i for i, u in enumerate(facts) if keep_value is not None and _mentions(u, keep_value)}
-    return ("\n" if card else " ").join(head + [u for i, u in enumerate(facts) if i in kept])
-
-
 def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate: float = 0.1,
-                          friend_rate: float = 0.5, first_rate: float = 0.5, follow_ups: int = 0,
-                          partial_rate: float = 0.0) -> list[dict[str, Any]]:
+                          friend_rate: float = 0.5, first_rate: float = 0.5,
+                          follow_ups: int = 0) -> list[dict[str, Any]]:
     """`n` chats [{"messages": [user, assistant, ...], "kind": "rag" | "rag_idk"}].
 
     The user turn is `build_prompt(question, sources)` with k sources (a fifth of prompts use fewer,
@@ -121,14 +107,13 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
     time: hybrid search does for 91% of the private questions), else at a uniformly random position.
     `follow_ups` extra turns "Question: ...\nAnswer:" ask about the people in the same sources (or,
     at `idk_rate`, someone absent): each costs ~25 tokens instead of a whole new prompt, so reading
-    the sources gets several trained answers per prompt. With probability `partial_rate` a source
-    is cut to a few of its facts (a curriculum: short sources teach the lookup faster).
+    the sources gets several trained answers per prompt.
     """
     if n < 0 or k < 1 or follow_ups < 0:
         raise ConfigError(f"rag_sft_conversations needs n >= 0, k >= 1 and follow_ups >= 0, got n={n}, k={k}, "
                           f"follow_ups={follow_ups}")
-    if not all(0 <= rate <= 1 for rate in (idk_rate, friend_rate, first_rate, partial_rate)):
-        raise ConfigError("idk_rate, friend_rate, first_rate and partial_rate must lie in [0, 1]")
+    if not all(0 <= rate <= 1 for rate in (idk_rate, friend_rate, first_rate)):
+        raise ConfigError("idk_rate, friend_rate and first_rate must lie in [0, 1]")
     rng = random.Random(f"genlab-rag-sft:{world.config.seed}:{seed}")
     people = _made_up_people(world, max(n, 4 * k + 4), rng)
     by_name = {p.name: i for i, p in enumerate(people)}
@@ -152,13 +137,7 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
             position = 0 if rng.random() < first_rate else rng.randrange(n_sources)
             chosen.insert(position, subject)
         attr = rng.choice(questions.FACT_ATTRIBUTES)
-        texts = []
-        for j in chosen:
-            doc_id, text = docs[j]
-            if rng.random() < partial_rate:
-                text = _cut(text, rng, people[j].fact(attr) if j == subject else None)
-            texts.append(text)
-        hits = [_hit(j, docs[j][0], text) for j, text in zip(chosen, texts)]
+        hits = [_hit(j, *docs[j]) for j in chosen]
         prompt = build_prompt(_question(rng, people[subject], attr), hits, RAGConfig(k=max(1, len(hits))))
         answer = IDK_ANSWER if absent else cite(people[subject].fact(attr), position + 1)
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
@@ -168,13 +147,9 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
                 if subject in chosen and person is people[subject]:
                     continue
                 attr, reply = rng.choice(questions.FACT_ATTRIBUTES), IDK_ANSWER
-            else:
+            else:  # every profile states every fact
                 number = rng.randrange(len(chosen))
-                person = people[chosen[number]]
-                present = [a for a in questions.FACT_ATTRIBUTES if _mentions(texts[number], person.fact(a))]
-                if not present:
-                    continue
-                attr = rng.choice(present)
+                person, attr = people[chosen[number]], rng.choice(questions.FACT_ATTRIBUTES)
                 reply = cite(person.fact(attr), number + 1)
             messages += [{"role": "user", "content": f"Question: {_question(rng, person, attr)}\nAnswer:"},
                          {"role": "assistant", "content": reply}]
@@ -257,8 +232,9 @@ def run_rag_stage(model, tokenizer, world: World, config: RagStageConfig | None 
 
     `generate` (list of RAG prompt strings -> answers) replaces the model for the answers with
     retrieval, e.g. an `ExtractiveGenerator` or a remote endpoint; without retrieval the model answers.
-    Returns {"hit_at_5", "mrr", "hit_at_k", "k", "accuracy_with_retrieval", "accuracy_without_retrieval",
-    "chance_accuracy", "citation_accuracy", "n_questions", "samples", "seconds"}.
+    Returns {"hit_at_5", "mrr", "hit_at_k", "k", "sources_in_prompt", "accuracy_with_retrieval",
+    "accuracy_without_retrieval", "chance_accuracy", "citation_accuracy", "n_questions", "n_documents",
+    "mode", "samples", "seconds"}; the KnowledgeBase lives in run_dir/rag/ (re-ingest is a no-op).
     """
     config = config or RagStageConfig()
     start = time.perf_counter()
@@ -301,7 +277,7 @@ def run_rag_stage(model, tokenizer, world: World, config: RagStageConfig | None 
                 "correct_with": ok} for item, hits, out, bare_out, ok
                in list(zip(items, shown, with_rag, without, correct_with))[: config.n_samples]]
     return {"hit_at_5": round(hit5, 4), "mrr": round(mrr, 4),
-            "hit_at_k": round(hitk, 4), "k": config.k,
+            "hit_at_k": round(hitk, 4), "k": config.k, "sources_in_prompt": round(sum(map(len, shown)) / n, 3),
             "accuracy_with_retrieval": round(sum(correct_with) / n, 4),
             "accuracy_without_retrieval": round(sum(correct_without) / n, 4),
             "chance_accuracy": round(chance_accuracy(items), 4),
@@ -315,7 +291,8 @@ def rag_report_table(result: dict[str, Any]) -> str:
     rows = [
         (f"retrieval hit@5 ({result['mode']})", result["hit_at_5"], ">= 0.95"),
         ("retrieval MRR", result["mrr"], ""),
-        (f"retrieval hit@{result['k']} (sources in the prompt)", result["hit_at_k"], ""),
+        (f"retrieval hit@{result['k']} (k sources in the prompt; {result['sources_in_prompt']:.2f} kept on average)",
+         result["hit_at_k"], ""),
         ("answer accuracy with retrieval", result["accuracy_with_retrieval"], ">= 0.80"),
         ("answer accuracy without retrieval", result["accuracy_without_retrieval"], "near chance"),
         ("chance (most common answer per question kind)", result["chance_accuracy"], ""),
