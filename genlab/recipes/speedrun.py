@@ -38,7 +38,7 @@ from genlab.models import ModelConfig, Transformer
 from genlab.models.hf_io import load_pretrained, save_pretrained
 from genlab.recipes.curve import AccuracyCurve
 from genlab.recipes.rag_stage import rag_sft_conversations
-from genlab.recipes.speedrun_stages import (StageBudgets, check_stage_options, run_optional_stages,
+from genlab.recipes.speedrun_stages import (StageBudgets, check_stage_options, rag_sources_for, run_optional_stages,
                                              stages_report)
 from genlab.recipes.plots import plot_curves, plot_grouped_bars, plot_loss_curves
 from genlab.recipes.report import CARD_LABELS, speedrun_report
@@ -56,23 +56,23 @@ SAMPLE_CHATS = ["Where does {name} live?", "What is 23 + 58?", "What is the favo
 class SpeedrunConfig:
     mode: str = "default"
     world_scale: float = 1.0
-    real_text_bytes: int = 150_000  # standard library prose/code mixed into pretraining
+    real_text_bytes: int = 40_000  # standard library prose/code mixed into pretraining
     vocab_size: int = 2048
-    d_model: int = 192
+    d_model: int = 256
     n_layer: int = 4
-    n_head: int = 6
+    n_head: int = 4
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 700  # pretraining steps (~2.9M tokens: ~5 passes over the mix)
+    steps: int = 550  # pretraining steps (~2.3M tokens: ~4 passes over the mix, ~8 over the world documents)
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
-    arithmetic_practice: int = 10_000  # extra arithmetic conversations in the mix
-    world_repeats: int = 1  # copies of the world documents in the mix
+    arithmetic_practice: int = 4_000  # extra arithmetic conversations in the mix
+    world_repeats: int = 2  # copies of the world documents in the mix
     lr: float = 3e-3
     warmup: int = 30
     eval_every: int = 100
-    sft_steps: int = 80
+    sft_steps: int = 100
     sft_batch_size: int = 16
-    sft_lr: float = 1e-3
+    sft_lr: float = 3e-4  # low: the mix already taught the format; a high rate erases pretrained facts
     sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
     lora_r: int = 16
     lora_alpha: float = 32.0
@@ -105,7 +105,8 @@ class SpeedrunConfig:
             "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
                           seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
                           sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200, curve_every=25,
-                          curve_limit=8, stage_steps=4, stage_seconds=30.0, rag_conversations=60,
+                          curve_limit=8, stage_steps=4, stage_seconds=30.0, rag_conversations=60, world_repeats=1,
+                          sft_lr=1e-3,
                           threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
         }
         if mode not in presets:
@@ -227,7 +228,8 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
     sft_conversations_all = conversations
     if cfg.retrieval:  # made-up people's documents as numbered sources: nothing about the private people leaks
-        sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed)
+        sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed,
+                                                                           k=rag_sources_for(cfg.seq_len))
     sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)

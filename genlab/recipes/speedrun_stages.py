@@ -38,6 +38,11 @@ class StageBudgets:
     rag_limit: int | None = None  # private questions scored (None: all)
 
 
+def rag_sources_for(seq_len: int) -> int:
+    """Sources per RAG prompt that fit the context: ~190 / 295 / 390 tokens for 1 / 2 / 3 sources with an answer."""
+    return 3 if seq_len >= 512 else 2 if seq_len >= 384 else 1
+
+
 def check_stage_options(align: str | None, rl: str | None) -> None:
     if align is not None and align not in ALIGN_LOSSES:
         raise ConfigError(f"--align must be one of {', '.join(ALIGN_LOSSES)}, got {align!r}")
@@ -82,7 +87,8 @@ def run_optional_stages(model, tokenizer, world: World, run: Path, sft_dir: Path
     if retrieval:
         stage("retrieval", "hybrid BM25 + MiniLM over private documents, answers with and without sources")
         with timed("rag"):
-            out["rag"] = run_rag_stage(model, tokenizer, world, RagStageConfig(limit=budgets.rag_limit), run / "rag")
+            out["rag"] = run_rag_stage(model, tokenizer, world, RagStageConfig(k=rag_sources_for(model.config.max_seq_len),
+                                                                                   limit=budgets.rag_limit), run / "rag")
     return out, rows
 
 
