@@ -65,3 +65,18 @@ def test_saved_model_reloads_and_matches_saved_tokenizer(quick_run):
     with torch.no_grad():
         logits = model(torch.tensor([ids]))
     assert logits.shape == (1, len(ids), tok.vocab_size)
+
+
+def test_retrieval_stage_adds_rag_keys_and_report_section(tmp_path):
+    from genlab.recipes.speedrun import SpeedrunConfig, run_speedrun
+
+    # quick, but with room in the context for a RAG prompt; the stage's own accuracy is tested in test_rag_stage.py
+    cfg = SpeedrunConfig.preset("quick", seq_len=256, retrieval=True, runs_root=str(tmp_path), name="r", steps=10,
+                                sft_steps=4, curve_every=0)
+    result = run_speedrun(cfg)
+    rag = result.summary["rag"]
+    assert rag["hit_at_5"] >= 0.95  # hybrid retrieval finds the private documents whatever the generator
+    for key in ("accuracy_with_retrieval", "accuracy_without_retrieval"):
+        assert 0.0 <= rag[key] <= 1.0
+    assert result.summary["sft"]["conversations"] == 1160 + cfg.rag_conversations  # the RAG format joined SFT
+    assert "Retrieval-augmented answers on private documents" in (result.run_dir / "report.md").read_text()
