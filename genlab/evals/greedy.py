@@ -14,14 +14,13 @@ small model's decode step costs about the same for 1 row as for 32.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from genlab.errors import ConfigError
 from genlab.evals.common import device_of
-from genlab.inference.generate import clip_max_tokens
+from genlab.inference.generate import clip_max_tokens, length_groups
 from genlab.inference.stops import find_first_stop
 
 
@@ -71,14 +70,9 @@ def greedy_batched(model, prompts: Sequence[list[int]], max_tokens: int, token_b
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     end_ids = list(end_ids)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for index, prompt in enumerate(prompts):
-        by_length[len(prompt)].append(index)
     out: list[str | None] = [None] * len(prompts)
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            texts = greedy_group(model, [prompts[i] for i in chunk], max_tokens, token_bytes, end_ids, stops)
-            for i, text in zip(chunk, texts):
-                out[i] = text
+    for chunk in length_groups(prompts, batch_size):
+        texts = greedy_group(model, [prompts[i] for i in chunk], max_tokens, token_bytes, end_ids, stops)
+        for i, text in zip(chunk, texts):
+            out[i] = text
     return out  # type: ignore[return-value]

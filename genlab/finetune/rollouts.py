@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
@@ -29,7 +28,7 @@ from genlab.errors import ConfigError
 from genlab.finetune.logprobs import logprobs_from_logits
 from genlab.finetune.lora import adapters_disabled, lora_layers
 from genlab.finetune.preference_data import pad_rows
-from genlab.inference.generate import clip_max_tokens
+from genlab.inference.generate import clip_max_tokens, length_groups
 
 Tensor = torch.Tensor
 
@@ -73,20 +72,14 @@ def sample_completions(model, prompts: Sequence[list[int]], max_new_tokens: int,
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     end_ids = list(end_ids)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for index, prompt in enumerate(prompts):
-        by_length[len(prompt)].append(index)
     out: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
-        for length in sorted(by_length):  # a fixed order: the generator's draws do not depend on dict order
-            indices = by_length[length]
-            for start in range(0, len(indices), max_batch):
-                chunk = indices[start:start + max_batch]
-                for i, completion in zip(chunk, sample_group(model, [prompts[i] for i in chunk], max_new_tokens,
-                                                             temperature, end_ids, generator)):
-                    out[i] = completion
+        for chunk in length_groups(prompts, max_batch, shortest_first=True):
+            for i, completion in zip(chunk, sample_group(model, [prompts[i] for i in chunk], max_new_tokens,
+                                                         temperature, end_ids, generator)):
+                out[i] = completion
     finally:
         model.train(was_training)
     return out

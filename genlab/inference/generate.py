@@ -24,8 +24,9 @@ is cut before the stop string. Reaching max_tokens gives "length".
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 
@@ -66,6 +67,20 @@ def _device_of(model) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
+
+
+def length_groups(prompts: Sequence[Sequence[int]], batch_size: int, *,
+                  shortest_first: bool = False) -> Iterator[list[int]]:
+    """Indices of equal-length prompts (equal lengths batch without padding), at most `batch_size` at a time.
+
+    Lengths come in order of first appearance, or shortest first; both orders are fixed by the prompts."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for index, prompt in enumerate(prompts):
+        by_length[len(prompt)].append(index)
+    for length in sorted(by_length) if shortest_first else by_length:
+        indices = by_length[length]
+        for start in range(0, len(indices), batch_size):
+            yield indices[start:start + batch_size]
 
 
 def clip_max_tokens(prompt_len: int, max_tokens: int, max_seq_len: int) -> int:
