@@ -113,6 +113,15 @@ def load_source(source, tokenizer=None) -> tuple[nn.Module, Any]:
     return copy.deepcopy(source), tokenizer
 
 
+def _pair_data(source, tokenizer, world: World):
+    """A private model copy, its tokenizer, the tokenized train/held-out preference pairs and the held-out rows."""
+    model, tokenizer = load_source(source, tokenizer)
+    train_pairs, held_pairs = preference_split(world)
+    max_len = model.config.max_seq_len
+    train, held = PreferenceData(train_pairs, tokenizer, max_len), PreferenceData(held_pairs, tokenizer, max_len)
+    return model, tokenizer, train, held, held_pairs
+
+
 def _finish(run_dir: Path, model: nn.Module | None, tokenizer, rows: list[dict], curves: dict[str, str],
             result: dict[str, Any], title: str) -> dict[str, Any]:
     """Plots, result.json and (when `model` is given) model/ with its tokenizer; returns `result`."""
@@ -149,10 +158,8 @@ def reward_model_stage(source, world: World, config: RewardStageConfig | None = 
                        tokenizer=None, callback: StepCallback | None = None) -> dict[str, Any]:
     """Train a reward model from the SFT model on the training pairs; {"pairwise_accuracy", ...} on held-out pairs."""
     cfg, run_dir, start = config or RewardStageConfig(), Path(run_dir), time.perf_counter()
-    model, tokenizer = load_source(source, tokenizer)
-    train_pairs, held_pairs = preference_split(world)
+    model, tokenizer, train, held, held_pairs = _pair_data(source, tokenizer, world)
     max_len = model.config.max_seq_len
-    train, held = PreferenceData(train_pairs, tokenizer, max_len), PreferenceData(held_pairs, tokenizer, max_len)
     reward_model = RewardModel(model)
     rcfg = RewardConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, margin=cfg.margin,
                         warmup=max(1, cfg.steps // 10), seed=cfg.seed, time_budget_s=cfg.time_budget_s)
@@ -186,10 +193,7 @@ def dpo_stage(source, world: World, config: DPOStageConfig | None = None, run_di
               tokenizer=None, callback: StepCallback | None = None) -> dict[str, Any]:
     """Preference-tune the SFT model on the training pairs; held-out implicit-reward accuracy and chosen style."""
     cfg, run_dir, start = config or DPOStageConfig(), Path(run_dir), time.perf_counter()
-    model, tokenizer = load_source(source, tokenizer)
-    train_pairs, held_pairs = preference_split(world)
-    max_len = model.config.max_seq_len
-    train, held = PreferenceData(train_pairs, tokenizer, max_len), PreferenceData(held_pairs, tokenizer, max_len)
+    model, tokenizer, train, held, held_pairs = _pair_data(source, tokenizer, world)
     style_before = style_metrics(model, tokenizer, held_pairs)
     beta = cfg.beta if cfg.beta is not None else (2.0 if cfg.loss == "simpo" else 0.1)
     pcfg = PreferenceConfig(loss=cfg.loss, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, beta=beta,
