@@ -21,7 +21,7 @@ Not supported: ALiBi models (ConfigError).
 Output rules are genlab.inference.generate's (see sequence.py): greedy output equals
 `generate(...)` token for token whatever the batch. An abort with an unknown or finished id is
 ignored (a server may abort after the last output). `generate()` needs an idle engine. The engine
-puts the model in eval mode; `step()` is single-threaded (drive it from one thread).
+puts the model in eval mode and, on CPU, stores its Linear weights column-major (weight_layout.py); `step()` is single-threaded (drive it from one thread).
 
     python -m pytest -q tests/inference/test_engine.py
 """
@@ -45,6 +45,7 @@ from genlab.inference.scheduler import ScheduledChunk, Scheduler
 from genlab.inference.sequence import Sequence
 from genlab.inference.structured.index import TokenIndex
 from genlab.inference.structured.logits_processor import ConstrainedDecoder
+from genlab.inference.weight_layout import column_major_linears
 
 DEFAULT_STOP_TOKENS = ("<|end|>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "</s>")
 MAX_LATENCY_SAMPLES = 100_000  # ttft_s / tpot_s keep the most recent ones
@@ -110,6 +111,8 @@ class LLMEngine:
         if mc.position == "alibi":
             raise ConfigError("the paged engine does not support ALiBi models; use genlab.inference.generate")
         self.device = _device_of(model)
+        if self.device.type == "cpu":
+            column_major_linears(model)  # faster small-batch GEMMs, same values (weight_layout.py)
         bs = self.config.block_size
         num_blocks = self.config.num_blocks or self.config.max_num_seqs * -(-mc.max_seq_len // bs)
         self.kv = PagedKVCache(mc, num_blocks, bs, model.embed.weight.dtype, self.device)
