@@ -39,8 +39,8 @@ from typing import Any, Callable, Sequence
 
 from genlab.data.chat import render_chat
 from genlab.data.world import IDK_ANSWER, World, normalize_answer, private_documents, questions, vocab
-from genlab.data.world.entities import _make_group, _NameMaker  # the world's own generators, new stream
-from genlab.data.world.extras import _profile  # the record-card / prose-bio shapes of private documents
+from genlab.data.world.entities import NameMaker, make_group  # the world's own generators, new stream
+from genlab.data.world.extras import profile_document  # the record-card / prose-bio shapes of private documents
 from genlab.errors import ConfigError
 from genlab.evals.generative import generate_answers
 from genlab.retrieval.chunking import ChunkConfig
@@ -78,11 +78,11 @@ def _made_up_people(world: World, n: int, rng: random.Random) -> list:
     The maker refuses every word already used by any world name (people, pets, towns, rivers,
     private, lookup and made-up "I don't know" names), so none of them can reappear here.
     """
-    names = _NameMaker(rng)
+    names = NameMaker(rng)
     taken = world.all_names() + [p.pet_name for p in world.people + world.private_people + world.lookup_people]
     taken += [t.name for t in world.towns] + [t.river for t in world.towns]
     names.used |= {word.lower() for name in taken for word in name.split()}
-    return _make_group(n + n % 2, "rag", world.towns, rng, names)
+    return make_group(n + n % 2, "rag", world.towns, rng, names)
 
 
 def _question(rng: random.Random, person, attr: str) -> str:
@@ -120,7 +120,7 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
     docs = []
     for person in people:
         doc_id = f"{rng.choice(_ID_PREFIXES)}-{rng.randrange(10_000):04d}"
-        docs.append((doc_id, _profile(world, person, rng, doc_id)))
+        docs.append((doc_id, profile_document(world, person, rng, doc_id)))
     out = []
     for i in range(n):
         subject = i % len(people)

@@ -181,7 +181,7 @@ def _template_text() -> str:
     return " ".join(chunks)
 
 
-class _NameMaker:
+class NameMaker:
     """Unique, pronounceable names from syllables; refuses words the templates use."""
 
     def __init__(self, rng: random.Random) -> None:
@@ -225,7 +225,7 @@ class _NameMaker:
                             + self.rng.choice(vocab.TOWN_SUFFIXES), 12)
 
 
-def _make_towns(config: WorldConfig, rng: random.Random, names: _NameMaker) -> list[Town]:
+def _make_towns(config: WorldConfig, rng: random.Random, names: NameMaker) -> list[Town]:
     rivers = [names.river() for _ in range(max(3, config.n_towns // 2))]
     foods = list(vocab.FOODS)
     rng.shuffle(foods)
@@ -237,8 +237,8 @@ def _make_towns(config: WorldConfig, rng: random.Random, names: _NameMaker) -> l
     return towns
 
 
-def _make_group(n: int, split: str, towns: list[Town], rng: random.Random,
-                names: _NameMaker) -> list[Person]:
+def make_group(n: int, split: str, towns: list[Town], rng: random.Random,
+               names: NameMaker) -> list[Person]:
     """`n` (even) people with friends paired inside the group."""
     full_names = [names.person() for _ in range(n)]
     order = list(range(n))
@@ -258,18 +258,18 @@ def build_world(config: WorldConfig | None = None) -> World:
     """The world for `config` (default: `WorldConfig()`), identical for identical configs."""
     config = config or WorldConfig()
     rng = rng_for(config, "entities")
-    names = _NameMaker(rng)
+    names = NameMaker(rng)
     towns = _make_towns(config, rng, names)
     n_extract = config.n_extraction
-    extraction = _make_group(n_extract, "extraction", towns, rng, names)
-    sft = _make_group(config.n_people - n_extract, "sft", towns, rng, names)
+    extraction = make_group(n_extract, "extraction", towns, rng, names)
+    sft = make_group(config.n_people - n_extract, "sft", towns, rng, names)
     people = sft + extraction
     rng.shuffle(people)  # interleave, so document order says nothing about the split
     unknown = {pool: [names.person() for _ in range(config.n_unknown)]
                for pool in ("train", "eval")}
     even = lambda n: n + n % 2  # noqa: E731 - friends pair up
-    private = _make_group(even(config.n_private), "private", towns, rng, names)
-    lookup = _make_group(even(config.n_lookup), "lookup", towns, rng, names)
+    private = make_group(even(config.n_private), "private", towns, rng, names)
+    lookup = make_group(even(config.n_lookup), "lookup", towns, rng, names)
     splits = {s: [p.name for p in people if p.split == s] for s in SPLITS}
     return World(config=config, people=people, towns=towns, splits=splits, unknown_names=unknown,
                  private_people=private, lookup_people=lookup)

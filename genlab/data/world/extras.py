@@ -115,7 +115,7 @@ def verifiable_prompts(world: World) -> list[dict]:
     return items
 
 
-def _profile(world: World, person: Person, rng: random.Random, doc_id: str) -> str:
+def profile_document(world: World, person: Person, rng: random.Random, doc_id: str) -> str:
     """A record card or a short prose biography: retrieval should handle both shapes."""
     slots = person_slots(world, person)
     if rng.random() < 0.5:
@@ -136,7 +136,7 @@ def _documents(world: World, people: list[Person], prefix: str, purpose: str) ->
     for i, person in enumerate(people):
         doc_id = f"{prefix}-{i:04d}"
         docs.append({"id": doc_id, "title": f"About {person.name}",
-                     "text": _profile(world, person, rng, doc_id)})
+                     "text": profile_document(world, person, rng, doc_id)})
     return docs
 
 
