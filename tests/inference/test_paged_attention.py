@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
+from genlab.inference import paged_kernels
 from genlab.inference.paged_attention import Chunk, PagedKVCache
 from test_engine_common import make_model, random_prompts
 
@@ -69,9 +70,12 @@ def mixed_schedule(lengths, chunk_sizes, seed=0):
     return schedule
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["numba_kernel", "gather_sdpa"])
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
-def test_paged_equals_dense_for_mixed_chunked_batches(name, dtype, tol):
+def test_paged_equals_dense_for_mixed_chunked_batches(name, dtype, tol, kernel, monkeypatch):
+    assert paged_kernels.AVAILABLE  # numba is a test dependency: both decode paths are always tested
+    monkeypatch.setattr(paged_kernels, "AVAILABLE", kernel)
     spec = dict(MODELS[name])
     model = make_model(spec.pop("kind"), dtype=dtype, **spec)
     if dtype == torch.float32:  # a realistic scale for fp32 (init_std 0.3 makes logits ~100)
