@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from genlab.errors import GenlabError
-from genlab.finetune.sft_data import SFTBatch, pack, render_examples
+from genlab.finetune.sft_data import SFTBatch, SFTExample, pack, render_examples
 from genlab.train.trainer import TrainConfig
 
 
@@ -24,9 +24,13 @@ class SFTDataset:
     """Packed SFT rows; `batch` returns (tokens, targets, model kwargs) for the trainer."""
 
     def __init__(self, train_conversations: Sequence[Any], tokenizer, seq_len: int,
-                 val_conversations: Sequence[Any] = (), seed: int = 0, pad_id: int = 0) -> None:
+                 val_conversations: Sequence[Any] = (), seed: int = 0, pad_id: int = 0,
+                 documents: Sequence[Sequence[int]] = ()) -> None:
+        """documents: token id lists (BOS included) trained on every token, packed beside the conversations:
+        replay of pretraining text, so fine-tuning does not erase the facts the base model stored."""
         self.seq_len, self.seed, self.pad_id = seq_len, seed, pad_id
         self.train_examples = render_examples(train_conversations, tokenizer)
+        self.train_examples += [SFTExample(list(ids), [0] + [1] * (len(ids) - 1)) for ids in documents]
         self.val_examples = render_examples(val_conversations, tokenizer)
         if not self.train_examples:
             raise GenlabError("no SFT conversations to train on")

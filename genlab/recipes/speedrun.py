@@ -73,6 +73,7 @@ class SpeedrunConfig:
     sft_steps: int = 100
     sft_batch_size: int = 16
     sft_lr: float = 3e-4  # low: the mix already taught the format; a high rate erases pretrained facts
+    sft_replay: int = 0  # copies of the world documents packed into SFT (replay: SFT then keeps the stored facts)
     sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
     lora_r: int = 16
     lora_alpha: float = 32.0
@@ -97,6 +98,8 @@ class SpeedrunConfig:
         check_stage_options(self.align, self.rl)
         if self.world_repeats < 1:
             raise ConfigError(f"world_repeats must be >= 1, got {self.world_repeats}")
+        if self.sft_replay < 0:
+            raise ConfigError(f"sft_replay must be >= 0, got {self.sft_replay}")
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> "SpeedrunConfig":
@@ -194,7 +197,8 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         # World documents carry the facts: repeating them gives each fact more exposures per pass over the mix.
         doc_ids = tokenizer.encode_batch(world_docs + real_train)
         doc_tokens = sum(len(d) for d in doc_ids)  # for bytes per token: the documents once, no special tokens
-        encoded = [[bos] + d for d in doc_ids[:len(world_docs)]] * cfg.world_repeats
+        world_encoded = [[bos] + d for d in doc_ids[:len(world_docs)]]
+        encoded = world_encoded * cfg.world_repeats
         encoded += [[bos] + d for d in doc_ids[len(world_docs):]]
         if cfg.mix_conversations:
             # Mixed training (Allen-Zhu & Li, Physics of LMs 3.1): QA about some people beside the biographies
@@ -230,11 +234,13 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     if cfg.retrieval:  # made-up people's documents as numbered sources: nothing about the private people leaks
         sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed,
                                                                            k=rag_sources_for(cfg.seq_len))
-    sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END])
+    sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
+                          documents=world_encoded * cfg.sft_replay)
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
         hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(sft_conversations_all)} conversations "
+                           f"+ {len(world_encoded) * cfg.sft_replay} replayed documents "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
             sft = train(model, sft_data, sft_cfg, callback=callback)

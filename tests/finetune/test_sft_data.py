@@ -163,3 +163,16 @@ def test_sft_batches_epoch_covers_every_target_once(examples, packed):
     assert epoch0[0].tokens.tolist() != epoch1[0].tokens.tolist()  # reshuffled per epoch
     again = sft_batches(kept, 128, 4, packed=packed, seed=1, epoch=0)
     assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(epoch0, again))
+
+
+def test_replay_documents_train_on_every_token_beside_the_conversations(tokenizer):
+    """SFTDataset(documents=...): pretraining text packed with the conversations, every token a target."""
+    from genlab.finetune.sft import SFTDataset
+
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    doc = [tokenizer.special_tokens["<|bos|>"]] + tokenizer.encode_ordinary("Ada lives in Wuby.")
+    plain = SFTDataset([conversation], tokenizer, 64)
+    replay = SFTDataset([conversation], tokenizer, 64, documents=[doc, doc])
+    assert replay.n_target_tokens == plain.n_target_tokens + 2 * (len(doc) - 1)
+    targets = [t for row in replay.rows for t in row.targets[0].tolist() if t != IGNORE_INDEX]
+    assert Counter(targets)[doc[-1]] >= 2 and all(t in targets for t in doc[1:])
