@@ -63,17 +63,17 @@ class SpeedrunConfig:
     n_head: int = 4
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 550  # pretraining steps (~2.3M tokens: ~4 passes over the mix, ~8 over the world documents)
+    steps: int = 450  # pretraining steps (~1.8M tokens: ~3.4 passes over the mix, ~7 over the world documents)
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
     arithmetic_practice: int = 4_000  # extra arithmetic conversations in the mix
     world_repeats: int = 2  # copies of the world documents in the mix
     lr: float = 3e-3
     warmup: int = 30
     eval_every: int = 100
-    sft_steps: int = 100
+    sft_steps: int = 250
     sft_batch_size: int = 16
-    sft_lr: float = 3e-4  # low: the mix already taught the format; a high rate erases pretrained facts
-    sft_replay: int = 0  # copies of the world documents packed into SFT (replay: SFT then keeps the stored facts)
+    sft_lr: float = 1e-3  # high enough to learn extraction; replay (sft_replay) keeps the facts it would erase
+    sft_replay: int = 1  # copies of the pretraining documents packed into SFT (replay: SFT keeps the stored facts)
     sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
     lora_r: int = 16
     lora_alpha: float = 32.0
@@ -198,8 +198,8 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         doc_ids = tokenizer.encode_batch(world_docs + real_train)
         doc_tokens = sum(len(d) for d in doc_ids)  # for bytes per token: the documents once, no special tokens
         world_encoded = [[bos] + d for d in doc_ids[:len(world_docs)]]
-        encoded = world_encoded * cfg.world_repeats
-        encoded += [[bos] + d for d in doc_ids[len(world_docs):]]
+        real_encoded = [[bos] + d for d in doc_ids[len(world_docs):]]
+        encoded = world_encoded * cfg.world_repeats + real_encoded
         if cfg.mix_conversations:
             # Mixed training (Allen-Zhu & Li, Physics of LMs 3.1): QA about some people beside the biographies
             # of all teaches the model to extract knowledge, including for people it never saw questioned.
@@ -235,12 +235,12 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed,
                                                                            k=rag_sources_for(cfg.seq_len))
     sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
-                          documents=world_encoded * cfg.sft_replay)
+                          documents=(world_encoded + real_encoded) * cfg.sft_replay)
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
         hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(sft_conversations_all)} conversations "
-                           f"+ {len(world_encoded) * cfg.sft_replay} replayed documents "
+                           f"+ {(len(world_encoded) + len(real_encoded)) * cfg.sft_replay} replayed documents "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
             sft = train(model, sft_data, sft_cfg, callback=callback)
