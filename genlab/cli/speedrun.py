@@ -17,6 +17,9 @@ def speedrun(
     quick: bool = typer.Option(False, "--quick", help="A ~1 minute run with a tiny model (used by the tests)."),
     steps: Optional[int] = typer.Option(None, help="Override the number of pretraining steps."),
     sft_steps: Optional[int] = typer.Option(None, help="Override the number of SFT steps."),
+    sft_lr: Optional[float] = typer.Option(None, help="Override the SFT learning rate."),
+    sft_replay: Optional[int] = typer.Option(None, help="Copies of the pretraining documents packed into SFT "
+                                             "(0: none; replay keeps the facts SFT would erase)."),
     sft_method: str = typer.Option("full", help="SFT stage: full, lora or dora (adapters merged after training)."),
     align: Optional[str] = typer.Option(None, help="After SFT: reward model + preference tuning (dpo, ipo, kto, orpo, simpo, "
                                              "robust, hinge)."),
@@ -40,7 +43,7 @@ def speedrun(
 
     try:
         cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps,
-                                    sft_method=sft_method, align=align, rl=rl, retrieval=retrieval or None,
+                                    sft_lr=sft_lr, sft_replay=sft_replay, sft_method=sft_method, align=align, rl=rl, retrieval=retrieval or None,
                                     threads=threads, runs_root=runs_root, name=name, seed=seed)
     except GenlabError as e:
         fail(str(e))

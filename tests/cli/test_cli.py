@@ -39,3 +39,9 @@ def test_bad_option_value_is_rejected(tmp_path):
     out = genlab("speedrun", "--steps", "many", cwd=tmp_path)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
+
+
+def test_out_of_range_speedrun_option_names_the_problem(tmp_path):
+    out = genlab("speedrun", "--sft-replay", "-1", "--runs-root", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "sft_replay must be >= 0" in out.stderr and "Traceback" not in out.stderr
