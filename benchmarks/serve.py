@@ -13,6 +13,9 @@ directory written by genlab.models.hf_io.save_pretrained. Every contestant runs 
 the same torch.set_num_threads (default 1, --threads), on the same prompts and max_tokens; no EOS
 (the tokenizer has no special tokens; transformers gets eos_token_id=None), so every request makes
 exactly its max_tokens tokens.
+genlab's engine stores Linear weights column-major (inference/weight_layout.py) and, with numba, runs
+decode attention through the block tables in place (inference/paged_kernels.py); transformers runs
+as shipped (sdpa attention, its default dynamic cache).
 (1) single-stream decode: genlab LLMEngine (paged) and plain genlab.inference.generate vs
     transformers `generate`, prompt by prompt in turn (round robin); tok/s = new tokens / wall time
     of the whole call (prefill included). Greedy outputs are compared token for token.
