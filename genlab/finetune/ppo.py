@@ -29,7 +29,7 @@ from torch import nn
 from genlab.errors import ConfigError, GenlabError
 from genlab.finetune.align_loop import IndexStream, MetricsFile, StepCallback
 from genlab.finetune.logprobs import logprobs_from_logits
-from genlab.finetune.reward import RewardModel
+from genlab.finetune.reward import FinalHidden, RewardModel, zero_scalar_head
 from genlab.finetune.rl import gae, kl_penalty, kl_shaped_rewards, masked_whiten, ppo_policy_loss, ppo_value_loss
 from genlab.finetune.rollouts import FrozenReference, RLResult, RLTask, RolloutBatch, rollout_batch, sample_completions
 from genlab.train.optim import build_optimizer, set_lr
@@ -48,26 +48,12 @@ class PolicyWithValue(nn.Module):
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
         self.policy = policy
-        self.value_head = nn.Linear(policy.config.d_model, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
-        self._hidden: Tensor | None = None
-        self._capture = False
-        policy.norm.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, inputs, output: Tensor) -> None:
-        if self._capture:
-            self._hidden = output
+        self.value_head = zero_scalar_head(policy.config.d_model)
+        self._final_hidden = FinalHidden(policy)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(logits [B, T, V], values [B, T]) in one forward pass."""
-        self._capture = True
-        try:
-            logits = self.policy(tokens)
-        finally:
-            self._capture = False
-        hidden, self._hidden = self._hidden, None
-        assert hidden is not None, "policy.norm did not run"
+        logits, hidden = self._final_hidden.run(self.policy, tokens)
         return logits, self.value_head(hidden).squeeze(-1).float()
 
 

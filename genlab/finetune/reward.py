@@ -25,6 +25,42 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return torch.where(attention_mask.bool(), positions, -1).max(dim=1).values
 
 
+class FinalHidden:
+    """Runs a Transformer and hands back its final-norm hidden states too, via a forward hook on `model.norm`.
+
+    The model stays unmodified (and samples as usual): the hook records only inside `run`, and `run` drops
+    its reference afterwards so activations are not kept alive. Reward models and value heads sit on it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._hidden: Tensor | None = None
+        self._active = False
+        model.norm.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs, output: Tensor) -> None:
+        if self._active:
+            self._hidden = output
+
+    def run(self, model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(the model's output, final-norm hidden states [B, T, d_model]) for token ids [B, T]."""
+        self._active = True
+        try:
+            output = model(tokens)
+        finally:
+            self._active = False
+        hidden, self._hidden = self._hidden, None
+        assert hidden is not None, "model.norm did not run"
+        return output, hidden
+
+
+def zero_scalar_head(d_model: int) -> nn.Linear:
+    """A d_model -> 1 linear head starting at exactly zero (every score is 0 at initialisation)."""
+    head = nn.Linear(d_model, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class RewardModel(nn.Module):
     """r(x, y) = w · h_last + b, h_last = the backbone's final-norm hidden state at the last real token.
 
@@ -36,23 +72,14 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
-        self.score = nn.Linear(backbone.config.d_model, 1)
-        nn.init.zeros_(self.score.weight)
-        nn.init.zeros_(self.score.bias)
-        self._hidden: Tensor | None = None
-        backbone.norm.register_forward_hook(self._capture)
-
-    def _capture(self, module: nn.Module, inputs, output: Tensor) -> None:
-        self._hidden = output
+        self.score = zero_scalar_head(backbone.config.d_model)
+        self._final_hidden = FinalHidden(backbone)
 
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Rewards [B] for token ids [B, T]; attention_mask [B, T] marks real tokens (default: all)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
-        self._hidden = None
-        self.backbone(tokens)
-        hidden, self._hidden = self._hidden, None  # drop the reference: do not keep activations alive
-        assert hidden is not None, "backbone.norm did not run"
+        _, hidden = self._final_hidden.run(self.backbone, tokens)
         last = last_token_index(attention_mask)
         h_last = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
         return self.score(h_last).squeeze(-1).float()

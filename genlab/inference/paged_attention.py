@@ -1,4 +1,4 @@
-"""Paged KV cache and gather-based paged attention over a flattened batch of sequences.
+"""Paged KV cache and paged attention (block-table kernel or gather) over a flattened batch of sequences.
 
 Handbook VI (KV caching, PagedAttention). Kwon et al. 2023 (vLLM). The store is one tensor per
 k/v of shape [n_layer, n_kv_head, num_blocks, block_size, head_dim]; a token at position p of a
@@ -51,6 +51,9 @@ class PagedKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.config, self.num_blocks, self.block_size = config, num_blocks, block_size
+        # Decode through block tables: the numba kernel reads blocks in place (paged_kernels.py); else gather + SDPA.
+        self.decode_kernel = (paged_kernels.AVAILABLE and config.attn_impl != "reference"
+                              and self.k.device.type == "cpu" and dtype in (torch.float32, torch.float64))
         # Gather buffers, reused by every layer and step: a fresh multi-MB tensor per call would be
         # page-faulted in each time, which costs more than the copy itself.
         self._workspace = torch.empty(0, dtype=dtype, device=device)
@@ -138,9 +141,6 @@ class PagedStep:
         self.all_decode = not self.prefills  # the common case: no row bookkeeping needed
         self.decode_rows = None
         self.decode_span = None  # (first block, n_blocks, n_keys): one sequence read in place
-        # Decode through block tables: the numba kernel reads blocks in place (paged_kernels.py); else gather + SDPA.
-        self.use_kernel = (paged_kernels.AVAILABLE and not self.reference and device.type == "cpu"
-                           and cache.k.dtype in (torch.float32, torch.float64))
         if not decode_rows:
             return
         if not self.all_decode:
@@ -151,7 +151,7 @@ class PagedStep:
             return
         # Pad every table to n_blocks with block 0: padded slots are masked out (or never read by the kernel).
         padded = [t[:-(-n // bs)] + [0] * (n_blocks + n // -bs) for t, n in zip(decode_tables, decode_lens)]
-        if self.use_kernel:
+        if cache.decode_kernel:
             self.kernel_tables = np.array(padded, dtype=np.int64)
             self.kernel_lens = np.array(decode_lens, dtype=np.int64)
             return
@@ -185,7 +185,7 @@ class PagedStep:
         S, H, D = q.shape
         store_k, store_v = self.cache.k[layer], self.cache.v[layer]  # [Hkv, num_blocks, bs, D]
         n_kv, bs = store_k.shape[0], store_k.shape[2]
-        if self.use_kernel and self.decode_span is None:
+        if self.cache.decode_kernel and self.decode_span is None:
             out = torch.empty(S, H, D, dtype=q.dtype, device=q.device)
             paged_kernels.decode_attention(q.contiguous().numpy(), store_k.numpy(), store_v.numpy(), self.kernel_tables,
                                            self.kernel_lens, 1.0 / math.sqrt(D), self.window or 0, out.numpy())
