@@ -21,7 +21,8 @@ Not supported: ALiBi models (ConfigError).
 Output rules are genlab.inference.generate's (see sequence.py): greedy output equals
 `generate(...)` token for token whatever the batch. An abort with an unknown or finished id is
 ignored (a server may abort after the last output). `generate()` needs an idle engine. The engine
-puts the model in eval mode and, on CPU, stores its Linear weights column-major (weight_layout.py); `step()` is single-threaded (drive it from one thread).
+puts the model in eval mode and, on CPU, stores its Linear weights column-major (weight_layout.py) and
+runs decode-only steps of Llama-family models through fused_decode.py; `step()` is single-threaded (drive it from one thread).
 
     python -m pytest -q tests/inference/test_engine.py
 """
@@ -38,6 +39,7 @@ import torch
 from genlab.errors import ConfigError, GenlabError
 from genlab.inference.block_manager import BlockManager
 from genlab.inference.detokenizer import IncrementalDetokenizer
+from genlab.inference.fused_decode import FusedDecoder
 from genlab.inference.generate import GenerationResult, _device_of, clip_max_tokens
 from genlab.inference.paged_attention import Chunk, PagedKVCache
 from genlab.inference.sampling import SamplingParams, TokenLogprobs, logprobs_of, sample_next
@@ -58,6 +60,7 @@ class EngineConfig:
     max_num_seqs: int = 64  # sequences running in one step
     max_num_batched_tokens: int = 1024  # token budget per step: decode tokens + prefill chunks
     enable_prefix_caching: bool = True
+    fused_decode: bool = True  # all-decode steps through fused_decode.py where the model allows it
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -116,6 +119,10 @@ class LLMEngine:
         bs = self.config.block_size
         num_blocks = self.config.num_blocks or self.config.max_num_seqs * -(-mc.max_seq_len // bs)
         self.kv = PagedKVCache(mc, num_blocks, bs, model.embed.weight.dtype, self.device)
+        # Decode-only steps of a Llama-family model skip the module path (fused_decode.py; same function).
+        self.fused = None
+        if self.config.fused_decode and FusedDecoder.unsupported(model, self.kv) is None:
+            self.fused = FusedDecoder(model, self.kv)
         self.block_manager = BlockManager(num_blocks, bs, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         if stop_token_ids is None:
@@ -203,7 +210,10 @@ class LLMEngine:
             idx = torch.tensor([ids], dtype=torch.long, device=self.device)
             # All-decode steps need every row's logits: no row selection (one copy fewer).
             logit_rows = None if len(rows) == row else torch.tensor(rows, dtype=torch.long, device=self.device)
-            logits = self.model(idx, cache=step, positions=step.positions, logit_rows=logit_rows)[0]
+            if self.fused is not None and logit_rows is None and step.all_decode:
+                logits = self.fused(ids, step)
+            else:
+                logits = self.model(idx, cache=step, positions=step.positions, logit_rows=logit_rows)[0]
         samplers: list[tuple[Sequence, int]] = []  # (sequence, its row in `logits`)
         at = 0  # this chunk's first row in `logits`
         for c in chunks:

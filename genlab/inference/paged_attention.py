@@ -134,8 +134,10 @@ class PagedStep:
             row += c.length
         self.num_tokens = row
         self.max_position = max(positions)  # read by Transformer.forward (RoPE table length)
-        # One tensor for positions and slots (one allocation instead of three); rows are views.
-        meta = torch.tensor([positions, slot_block, slot_offset], dtype=torch.long, device=device)
+        # One array for positions and slots (one allocation instead of three); rows are views. The
+        # numpy rows feed the kernels (fused_decode.py), the torch rows the model's own forward.
+        self.meta = np.array([positions, slot_block, slot_offset], dtype=np.int64)
+        meta = torch.from_numpy(self.meta) if device.type == "cpu" else torch.tensor(self.meta, device=device)
         self.positions, self.slot_block, self.slot_offset = meta[0:1], meta[1], meta[2]
         self.single_slot = (slot_block[0], slot_offset[0]) if row == 1 else None  # stored by a plain copy
         self.all_decode = not self.prefills  # the common case: no row bookkeeping needed
@@ -146,7 +148,8 @@ class PagedStep:
         if not self.all_decode:
             self.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
         n_blocks = -(-max(decode_lens) // bs)
-        if len(decode_rows) == 1 and self.window is None and _consecutive(decode_tables[0][:n_blocks]):
+        if (len(decode_rows) == 1 and self.window is None and not cache.decode_kernel
+                and _consecutive(decode_tables[0][:n_blocks])):
             self.decode_span = (decode_tables[0][0], n_blocks, decode_lens[0])
             return
         # Pad every table to n_blocks with block 0: padded slots are masked out (or never read by the kernel).
@@ -185,7 +188,7 @@ class PagedStep:
         S, H, D = q.shape
         store_k, store_v = self.cache.k[layer], self.cache.v[layer]  # [Hkv, num_blocks, bs, D]
         n_kv, bs = store_k.shape[0], store_k.shape[2]
-        if self.cache.decode_kernel and self.decode_span is None:
+        if self.cache.decode_kernel:
             out = torch.empty(S, H, D, dtype=q.dtype, device=q.device)
             paged_kernels.decode_attention(q.contiguous().numpy(), store_k.numpy(), store_v.numpy(), self.kernel_tables,
                                            self.kernel_lens, 1.0 / math.sqrt(D), self.window or 0, out.numpy())

@@ -1,4 +1,4 @@
-"""Decode attention that reads the paged KV store in place (no gather copy), compiled with numba.
+"""Decode attention that reads the paged KV store in place (no gather copy), and the decode step's other small kernels, compiled with numba.
 
 Handbook VI (PagedAttention). Kwon et al. 2023 (vLLM): the paged attention kernel walks each
 sequence's block table and reads keys/values where they live, instead of first copying them into a
@@ -19,6 +19,11 @@ own, so its result does not depend on the batch. numba is already the project's 
 Arrays (numpy views of torch tensors, float32 or float64): q [S, H, D] contiguous; k_store, v_store
 [Hkv, num_blocks, block_size, D] (one layer of PagedKVCache); tables [S, max_blocks] int64 (padded);
 lens [S] int64 (keys per sequence, the new one included); window <= 0 for none; out [S, H, D].
+
+The fused decode step (fused_decode.py) also uses `rope_store_decode` (RoPE on q and k, store k and v
+in their slots, then `decode_attention`: one call per layer instead of a dozen torch ops),
+`rms_norm` and `silu_mul`. At one sequence per step each torch op costs more in dispatch than in
+arithmetic, which is why these are kernels too.
 
     python -m pytest -q tests/inference/test_paged_kernels.py
 """
@@ -79,3 +84,57 @@ def decode_attention(q, k_store, v_store, tables, lens, scale, window, out):
                     acc[d] += w * v_store[kv, block, slot, d]
             for d in range(D):
                 out[s, h, d] = acc[d] / total
+
+
+@njit(**_JIT)
+def rope_store_decode(qkv, cos, signed_sin, positions, slot_block, slot_offset, k_store, v_store,
+                      tables, lens, scale, window, n_head, out):
+    """One decode token per sequence: rotate q and k (RopeTable layout), store k and v, attend.
+
+    qkv [S, (H + 2 Hkv) * D] is the fused projection (q heads, k heads, v heads); cos and signed_sin
+    [positions, D] are RopeTable rows: out[d] = x[d] cos[d] + x[d +- D/2] signed_sin[d].
+    """
+    S = qkv.shape[0]
+    n_kv, D = k_store.shape[0], k_store.shape[3]
+    half = D // 2
+    q = np.empty((S, n_head, D), dtype=qkv.dtype)
+    for s in range(S):
+        p, block, slot = positions[s], slot_block[s], slot_offset[s]
+        for h in range(n_head + n_kv):
+            base = h * D
+            for d in range(D):
+                partner = d + half if d < half else d - half
+                r = qkv[s, base + d] * cos[p, d] + qkv[s, base + partner] * signed_sin[p, d]
+                if h < n_head:
+                    q[s, h, d] = r
+                else:
+                    k_store[h - n_head, block, slot, d] = r
+        for h in range(n_kv):
+            base = (n_head + n_kv + h) * D
+            for d in range(D):
+                v_store[h, block, slot, d] = qkv[s, base + d]
+    decode_attention(q, k_store, v_store, tables, lens, scale, window, out)
+
+
+@njit(**_JIT)
+def rms_norm(x, weight, eps, out):
+    """out = x / sqrt(mean(x^2) + eps) * weight, row by row; x, out [N, d]."""
+    N, d = x.shape
+    for i in range(N):
+        total = 0.0  # float64 accumulator
+        for j in range(d):
+            total += x[i, j] * x[i, j]
+        inv = x.dtype.type(1.0 / math.sqrt(total / d + eps))
+        for j in range(d):
+            out[i, j] = x[i, j] * inv * weight[j]
+
+
+@njit(**_JIT)
+def silu_mul(gate_up, out):
+    """SwiGLU's middle: out = silu(gate) * up for gate_up [N, 2F] = [gate | up]; out [N, F]."""
+    N, F = out.shape
+    one = gate_up.dtype.type(1.0)
+    for i in range(N):
+        for j in range(F):
+            g = gate_up[i, j]
+            out[i, j] = g / (one + math.exp(-g)) * gate_up[i, F + j]

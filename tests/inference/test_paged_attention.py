@@ -122,9 +122,12 @@ def test_paged_cache_needs_positions():
         model(torch.tensor([[1, 2]]), cache=step)
 
 
-def test_consecutive_blocks_read_in_place_equal_dense():
-    """A lone sequence whose blocks are consecutive is read as a view of the store (no gather), for
-    decode and for later prefill chunks; a scattered table takes the gather path. Same logits."""
+@pytest.mark.parametrize("kernel", [True, False], ids=["numba_kernel", "gather_sdpa"])
+def test_consecutive_blocks_read_in_place_equal_dense(kernel, monkeypatch):
+    """Without the kernel, a lone sequence whose blocks are consecutive is read as a view of the store
+    (no gather), for decode and for later prefill chunks; a scattered table takes the gather path. The
+    kernel reads in place anyway. Same logits."""
+    monkeypatch.setattr(paged_kernels, "AVAILABLE", kernel)
     model = make_model("llama", dtype=torch.float64)
     prompt = random_prompts([23], seed=5)[0]
     dense = dense_logits(model, prompt)
@@ -136,7 +139,7 @@ def test_consecutive_blocks_read_in_place_equal_dense():
         rows, done = [], 0
         for n in [5, 6] + [1] * 12:  # two prefill chunks, then decode one token at a time
             step = cache.step([Chunk(table, done, n)])
-            assert (step.decode_span is not None) == (n == 1 and not scattered)
+            assert (step.decode_span is not None) == (n == 1 and not scattered and not kernel)
             with torch.no_grad():
                 rows.append(model(torch.tensor([prompt[done:done + n]]), cache=step, positions=step.positions)[0])
             done += n
