@@ -30,9 +30,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from genlab.inference import paged_kernels as K
 from genlab.inference.paged_attention import PagedKVCache, PagedStep
+
+
+SCALAR_ROWS = 4  # up to this many rows the silu_mul kernel beats two torch ops (dispatch vs scalar exp)
 
 
 class FusedDecoder:
@@ -95,7 +99,11 @@ class FusedDecoder:
                                 step.kernel_tables, step.kernel_lens, self.scale, self.window, H, attn_n)
             x.addmm_(attn, w_out)
             K.rms_norm(xn, mlp_norm, self.eps, hn)
-            K.silu_mul(torch.mm(h, w_up).numpy(), act_n)
+            gate_up = torch.mm(h, w_up)
+            if S <= SCALAR_ROWS:
+                K.silu_mul(gate_up.numpy(), act_n)
+            else:  # torch's SiLU is vectorised (numba's exp is scalar without SVML)
+                torch.mul(F.silu(gate_up[:, :self.d_ff]), gate_up[:, self.d_ff:], out=act)
             x.addmm_(act, w_down)
         K.rms_norm(xn, self.final_norm, self.eps, hn)
         return torch.mm(h, self.head)
