@@ -52,7 +52,7 @@ def evaluate(
     # The speedrun holds out the last tenth of these documents; the same split keeps bpb comparable.
     bpb_texts = split_documents([d.text for d in stdlib_documents(bpb_bytes, world_seed)], 0.1, world_seed)[1] \
         if bpb_bytes else None
-    config = EvalConfig(mode=mode, max_tokens=40)
+    config = EvalConfig(mode=mode, max_tokens=64)  # room for worked answers ("... Answer: value")
     with nullcontext() if as_json else console.status(f"evaluating {model_dir} on {len(items)} tasks"):
         results = run_eval_suite(lm, tok, items, bpb_texts=bpb_texts, few_shot_pool=pools, config=config)
     path = write_results(results, out or model_dir.parent / f"eval_{mode}.json")

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from genlab.data.chat import render_chat
 from genlab.data.world.evalsets import json_item_ok, normalize_answer
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.evals.common import answer_of, bos_id_of, eval_mode, question_of, stop_ids_of, token_bytes_fn
 from genlab.evals.greedy import greedy_batched
@@ -133,11 +134,12 @@ def generate_answers(model, tokenizer, prompts: Sequence[list[int]], max_tokens:
 def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, max_tokens: int = 32,
                 normalize: Callable[[str], str] = normalize_answer,
                 checkers: Mapping[str, Checker] | None = None, max_samples: int | None = None,
-                batch_size: int = 32) -> dict[str, Any]:
+                batch_size: int = 32, extract: Callable[[str], str] = final_answer) -> dict[str, Any]:
     """Greedy-generate an answer per item and score it.
 
     render_prompt: a PromptFormat (ChatPrompt, FewShotPrompt), a function item -> prompt ids, or
-    None for ChatPrompt. An item is correct when normalize(output) == normalize(answer), or, if
+    None for ChatPrompt. An item is correct when normalize(extract(output)) == normalize(answer)
+    (extract: by default the text after the last "Answer:", genlab.data.world.worked), or, if
     checkers has an entry for item["kind"], when checker(output, item) is true (default: JSON
     items are checked with `json_item_ok`; pass {} to score them by exact match too).
     batch_size: prompts decoded together (see `generate_answers`).
@@ -157,7 +159,7 @@ def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, 
     for index, (item, output) in enumerate(zip(items, outputs)):
         answer = answer_of(item)
         checker = checkers.get(item.get("kind", ""))
-        correct = bool(checker(output, item)) if checker else normalize(output) == normalize(answer)
+        correct = bool(checker(output, item)) if checker else normalize(extract(output)) == normalize(answer)
         n_correct += correct
         detail = per_detail[str(item.get("detail", item.get("kind", "")))]
         detail[0] += correct

@@ -24,6 +24,7 @@ from torch import nn
 
 from genlab.data.chat import END, render_chat
 from genlab.data.world.evalsets import normalize_answer
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.finetune.logprobs import logprobs_from_logits
 from genlab.finetune.lora import adapters_disabled, lora_layers
@@ -126,8 +127,9 @@ class RLTask:
 
 
 def verifiable_reward(item: Mapping, text: str) -> float:
-    """1.0 when the reply equals item["answer"] after SQuAD normalisation (genlab.data.world), else 0.0."""
-    return float(normalize_answer(text) == normalize_answer(str(item["answer"])))
+    """1.0 when the reply's final answer (after any "Answer:") equals item["answer"] after SQuAD
+    normalisation (genlab.data.world), else 0.0."""
+    return float(normalize_answer(final_answer(text)) == normalize_answer(str(item["answer"])))
 
 
 def decode_completion(tokenizer, completion: Sequence[int], end_ids: set[int]) -> str:

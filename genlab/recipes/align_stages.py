@@ -16,10 +16,10 @@ Metrics (all on the held-out side):
 - implicit_reward_accuracy: β·log π/π_ref of chosen > of rejected, ties counting one half (so the SFT model,
   equal to its reference, scores exactly 0.5: the "_before" value).
 - chosen_style_rate: fraction of held-out preference prompts whose greedy reply (chat format, at most
-  STYLE_MAX_TOKENS tokens) is in the chosen style: concise (at most CONCISE_WORDS words) AND correct (equal to
-  the pair's chosen answer under genlab.data.world.normalize_answer; for "I don't know" prompts the chosen
-  answer is "I don't know."). The world's chosen answers are all concise, so correct implies concise; the
-  rejected styles (wrong, rambling, rambling and wrong) all fail.
+  STYLE_MAX_TOKENS tokens) is in the chosen style: concise (at most CONCISE_WORDS words, or as many as the
+  chosen reply when that is a longer worked answer, genlab.data.world.worked) AND correct (its final answer
+  equal to the chosen one under genlab.data.world.normalize_answer; for "I don't know" prompts the chosen
+  answer is "I don't know."). The rejected styles (wrong, rambling, rambling and wrong) all fail.
 - verifiable_exact_match: greedy exact match (world normaliser) on held-out verifiable prompts.
 - kl_to_reference: KL(π‖π_SFT) in nats per completion, sampled at temperature 1 on held-out verifiable prompts
   (genlab.finetune.grpo.kl_to_reference: exact per-position KL summed over the completion).
@@ -40,6 +40,7 @@ from torch import nn
 from genlab.atomic import write_json
 from genlab.data.chat import save_tokenizer_dir
 from genlab.data.world import World, normalize_answer, preference_pairs, verifiable_prompts
+from genlab.data.world.worked import final_answer
 from genlab.evals.generative import exact_match
 from genlab.finetune.grpo import GRPOConfig, GRPOTrainer, kl_to_reference
 from genlab.finetune.preference_data import PreferenceData, held_out_split
@@ -55,7 +56,8 @@ PAIR_HELD_OUT_FRACTION = 0.25
 PROMPT_HELD_OUT_FRACTION = 0.5
 CONCISE_WORDS = 8
 STYLE_MAX_TOKENS = 48  # long enough for a whole ramble, so a rambling reply is seen as one
-VERIFIABLE_MAX_TOKENS = 24
+VERIFIABLE_MAX_TOKENS = 64  # room for a worked answer (steps, then "Answer: value")
+WORKED_NEW_TOKENS = 48  # GRPO samples this long when the world's answers are worked
 StepCallback = Callable[[dict[str, Any]], Any]
 
 
@@ -73,8 +75,8 @@ def verifiable_split(world: World) -> tuple[list[Mapping], list[Mapping]]:
 
 def chosen_style(reply: str, chosen: str) -> dict[str, bool]:
     """{"concise", "correct", "chosen_style"} for one greedy reply (see the module docstring)."""
-    concise = len(reply.split()) <= CONCISE_WORDS
-    correct = normalize_answer(reply) == normalize_answer(chosen)
+    concise = len(reply.split()) <= max(CONCISE_WORDS, len(chosen.split()))
+    correct = normalize_answer(final_answer(reply)) == normalize_answer(final_answer(chosen))
     return {"concise": concise, "correct": correct, "chosen_style": concise and correct}
 
 
@@ -222,7 +224,7 @@ class GRPOStageConfig:
     lr: float = 5e-5
     kl_coef: float = 0.04
     temperature: float = 1.0
-    max_new_tokens: int = 16
+    max_new_tokens: int = 16  # raised to WORKED_NEW_TOKENS in a world with worked answers
     train_kinds: tuple[str, ...] | None = None  # e.g. ("arithmetic",): train on those kinds only (eval: all)
     kl_samples_per_prompt: int = 4
     seed: int = 0
@@ -242,7 +244,8 @@ def grpo_stage(source, world: World, config: GRPOStageConfig | None = None, run_
     before = verifiable_metrics(model, tokenizer, held_items)
     reference = FrozenReference(model, "copy")
     gcfg = GRPOConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr,
-                      kl_coef=cfg.kl_coef, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                      kl_coef=cfg.kl_coef, temperature=cfg.temperature,
+                      max_new_tokens=max(cfg.max_new_tokens, WORKED_NEW_TOKENS if world.config.worked_answers else 0),
                       seed=cfg.seed, time_budget_s=cfg.time_budget_s, **cfg.extra)
     task = chat_task(tokenizer, train_items)
     out = GRPOTrainer(model, task, gcfg, ref_model=reference.model).train(run_dir, callback,

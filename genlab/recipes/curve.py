@@ -29,7 +29,7 @@ class AccuracyCurve:
     every: int
     phase: str = "pretrain"
     time_offset: float = 0.0  # training seconds spent before this phase (SFT continues pretraining's clock)
-    max_tokens: int = 40
+    max_tokens: int = 64  # room for a worked answer (genlab.data.world.worked)
     points: list[dict[str, Any]] = field(default_factory=list)
     probe_seconds: float = 0.0
     _start: float = field(default_factory=time.perf_counter, repr=False)

@@ -5,7 +5,10 @@ path on a 2-core CPU with no download: a synthetic world (genlab.data.world) sup
 paraphrases plus conversations about them; the Python standard library supplies real English and code.
 The report card measures what each stage does: bits per byte, and exact-match accuracy on held-out sets
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
-for the base model (few-shot prompt) and the SFT model (chat prompt). Each stage reports through
+for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
+every digit and SFT answers are worked (genlab.data.world.worked: "X lives in Y. Answer: Y", sums by place
+value): measured on the default run, (a) 16% -> 38%, (b) 12.5% -> 40%, (c) 1.5% -> 13.5% against bare
+answers with 1-3 digit number tokens. Each stage reports through
 `SpeedrunHooks`, so the CLI can draw progress while this module never prints.
 
     genlab speedrun --quick
@@ -45,7 +48,7 @@ from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
 from genlab.recipes.runs import new_run_dir, read_metrics
 from genlab.recipes.world_tasks import EVAL_TASKS, arithmetic_practice, eval_items, few_shot_pools, pretraining_mix
-from genlab.tokenizers import BPETokenizer
+from genlab.tokenizers import GPT4_DIGITS_PATTERN, GPT4_PATTERN, BPETokenizer
 from genlab.train.trainer import TrainConfig, train
 
 SAMPLE_CHATS = ["Where does {name} live?", "What is 23 + 58?", "What is the favourite colour of {name}?",
@@ -58,6 +61,8 @@ class SpeedrunConfig:
     world_scale: float = 1.0
     real_text_bytes: int = 40_000  # standard library prose/code mixed into pretraining
     vocab_size: int = 2048
+    digit_tokens: bool = True  # pre-tokenize every digit alone (GPT4_DIGITS_PATTERN): arithmetic digit by digit
+    worked_answers: bool = True  # SFT answers recall the fact / add by place value first (data/world/worked.py)
     d_model: int = 256
     n_layer: int = 4
     n_head: int = 4
@@ -155,7 +160,8 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _evaluate(model, tokenizer, items, bpb_texts, cfg: SpeedrunConfig, mode: str, pools) -> dict[str, Any]:
-    config = EvalConfig(mode=mode, max_tokens=40, few_shot_k=cfg.few_shot_k, seed=cfg.seed, gen_batch_size=32)
+    # Worked answers need room (a two-hop chain is ~40 tokens); a base model's few-shot reply is cut earlier.
+    config = EvalConfig(mode=mode, max_tokens=64 if mode == "chat" else 40, few_shot_k=cfg.few_shot_k, seed=cfg.seed, gen_batch_size=32)
     return run_eval_suite(model, tokenizer, items, bpb_texts=bpb_texts, few_shot_pool=pools, config=config)
 
 
@@ -176,7 +182,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     write_json(run / "config.json", {"speedrun": dataclasses.asdict(cfg)})
 
     with _timed(timings, "data"):
-        world = build_world(WorldConfig(seed=cfg.seed, scale=cfg.world_scale))
+        world = build_world(WorldConfig(seed=cfg.seed, scale=cfg.world_scale, worked_answers=cfg.worked_answers))
         world_docs, real_docs = pretraining_mix(world, cfg.real_text_bytes, cfg.seed)
         hooks.stage("data", f"world: {len(world.people)} people, {len(world_docs)} documents; "
                             f"real text: {len(real_docs)} documents")
@@ -190,7 +196,8 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
 
     with _timed(timings, "tokenizer"):
         hooks.stage("tokenizer", f"byte-level BPE, vocab {cfg.vocab_size}, chat special tokens")
-        tokenizer = BPETokenizer.train(train_docs, cfg.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS)
+        tokenizer = BPETokenizer.train(train_docs, cfg.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS,
+                                       pattern=GPT4_DIGITS_PATTERN if cfg.digit_tokens else GPT4_PATTERN)
     bos = tokenizer.special_tokens[BOS]
 
     with _timed(timings, "tokenize"):
@@ -318,7 +325,7 @@ def _sample_chats(model, tokenizer, world, seed: int) -> list[dict[str, str]]:
     for i, question in enumerate(SAMPLE_CHATS):
         messages = [{"role": "user", "content": question.format(name=name)}]
         ids, _ = render_chat(messages, tokenizer, add_generation_prompt=True)
-        params = SamplingParams(temperature=0.0, max_tokens=40, seed=seed + i)
+        params = SamplingParams(temperature=0.0, max_tokens=64, seed=seed + i)
         out = generate(model, ids, params, tokenizer.token_bytes, eos_ids={end, tokenizer.special_tokens[BOS]})
         samples.append({"user": messages[0]["content"], "assistant": out.text})
     return samples

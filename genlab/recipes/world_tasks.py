@@ -13,6 +13,7 @@ from typing import Any
 
 from genlab.data.corpus import stdlib_documents
 from genlab.data.world import World, arithmetic, eval_sets, pretraining_documents
+from genlab.data.world.conversations import arithmetic_answer
 
 # summary key -> world eval set (issue 3: a new phrasings, b extraction, c addition, d idk, e json).
 EVAL_TASKS = {
@@ -66,5 +67,6 @@ def arithmetic_practice(world: World, n: int, seed: int) -> list[dict[str, Any]]
     for _ in range(n):
         problem = arithmetic.sample_problem(rng, world.config.seed, rng.choice(arithmetic.TRAIN_KINDS), False)
         out.append({"messages": [{"role": "user", "content": arithmetic.question(rng, problem)},
-                                 {"role": "assistant", "content": str(problem.answer)}], "kind": "arithmetic"})
+                                 {"role": "assistant", "content": arithmetic_answer(world, problem)}],
+                    "kind": "arithmetic"})
     return out

@@ -8,6 +8,6 @@ pretokenize.py (regex split, byte alphabet) and hf_json.py (file format).
 """
 
 from genlab.tokenizers.bpe import BPETokenizer
-from genlab.tokenizers.pretokenize import GPT2_PATTERN, GPT4_PATTERN
+from genlab.tokenizers.pretokenize import GPT2_PATTERN, GPT4_DIGITS_PATTERN, GPT4_PATTERN
 
-__all__ = ["BPETokenizer", "GPT2_PATTERN", "GPT4_PATTERN"]
+__all__ = ["BPETokenizer", "GPT2_PATTERN", "GPT4_DIGITS_PATTERN", "GPT4_PATTERN"]

@@ -25,6 +25,9 @@ import regex
 GPT4_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+# GPT-4's pattern with every digit its own pre-token (as Llama 1/2 and PaLM split numbers): arithmetic
+# then works digit by digit instead of on a thousand opaque 1-3 digit tokens.
+GPT4_DIGITS_PATTERN = GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 # GPT-2's pattern: what HF's ByteLevel pre-tokenizer applies when `use_regex` is true.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -42,6 +45,7 @@ _ASCII_TWINS = {
         "W", _WS
     ),
 }
+_ASCII_TWINS[GPT4_DIGITS_PATTERN] = _ASCII_TWINS[GPT4_PATTERN].replace("[0-9]{1,3}", "[0-9]")
 # Where text may be cut so each piece can be split on its own (ASCII pieces with `re`, the rest
 # with `regex`): after a newline that follows a visible ASCII character and precedes another.
 # Under both patterns that newline starts a chunk (or ends "!\n"-style punctuation) and no chunk

@@ -18,6 +18,7 @@ from genlab.data.world import (IDK_ANSWER, WorldConfig, build_world, eval_sets, 
                                pretraining_documents, private_documents, read_jsonl,
                                run_calculator, sft_conversations, tool_traces, verifiable_prompts)
 from genlab.data.world import questions
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError, GenlabError
 
 
@@ -238,7 +239,7 @@ def test_arithmetic_answers_are_correct(data):
         if conv["kind"] == "arithmetic" or (conv["kind"] == "multi_turn"
                                             and _solve(turns[0]["content"]) is not None):
             value = _solve(turns[0]["content"])
-            assert turns[1]["content"] == str(value)
+            assert final_answer(turns[1]["content"]) == str(value)
             for user, reply in zip(turns[2::2], turns[3::2]):  # "add 7 to that", ...
                 c = int(re.search(r"\d+", user["content"])[0])
                 value = (value + c if "add" in user["content"] else value - c
@@ -284,7 +285,7 @@ def test_fact_answers_match_the_world(world, data):
     assert all(i["answer"] == IDK_ANSWER for i in data["eval"]["idk"])
     for conv in data["sft"]:
         answers = [m["content"] for m in conv["messages"] if m["role"] == "assistant"]
-        assert all(len(a.split()) <= 4 for a in answers if not a.startswith("{")), answers
+        assert all(len(final_answer(a).split()) <= 4 for a in answers if not a.startswith("{")), answers
 
 
 def test_private_questions_are_answered_by_their_document(data):

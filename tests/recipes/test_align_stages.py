@@ -37,6 +37,15 @@ def test_chosen_style_by_hand():
     assert A.chosen_style("red kite", "blue heron")["chosen_style"] is False
 
 
+def test_chosen_style_of_worked_answers():
+    chosen = "40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85"
+    assert A.chosen_style(chosen, chosen)["chosen_style"] is True  # as long as the chosen reply: still concise
+    assert A.chosen_style("Answer: 85", chosen)["chosen_style"] is True
+    assert A.chosen_style("40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 84. Answer: 84", chosen)["correct"] is False
+    ramble = "Great question! Many people wonder about this. The answer, as far as I can tell, is probably 85."
+    assert A.chosen_style(ramble, chosen)["concise"] is False
+
+
 def test_splits_are_disjoint_and_stable(world):
     train, held = A.preference_split(world)
     assert len(train) + len(held) == len(preference_pairs(world)) and held

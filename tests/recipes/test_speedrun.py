@@ -3,6 +3,7 @@
 import json
 import torch
 
+from genlab.data.world import WorldConfig, build_world, sft_conversations
 from genlab.models.hf_io import load_pretrained
 from genlab.tokenizers import BPETokenizer
 
@@ -78,5 +79,6 @@ def test_retrieval_stage_adds_rag_keys_and_report_section(tmp_path):
     assert rag["hit_at_5"] >= 0.95  # hybrid retrieval finds the private documents whatever the generator
     for key in ("accuracy_with_retrieval", "accuracy_without_retrieval"):
         assert 0.0 <= rag[key] <= 1.0
-    assert result.summary["sft"]["conversations"] == 1160 + cfg.rag_conversations  # the RAG format joined SFT
+    world_convs = len(sft_conversations(build_world(WorldConfig(seed=cfg.seed, scale=cfg.world_scale))))
+    assert result.summary["sft"]["conversations"] == world_convs + cfg.rag_conversations  # the RAG format joined SFT
     assert "Retrieval-augmented answers on private documents" in (result.run_dir / "report.md").read_text()

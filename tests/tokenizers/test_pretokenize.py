@@ -14,6 +14,7 @@ from tokenizers import pre_tokenizers as hf_pre
 
 from genlab.tokenizers.pretokenize import (
     GPT2_PATTERN,
+    GPT4_DIGITS_PATTERN,
     GPT4_PATTERN,
     PreTokenizer,
     bytes_to_token_string,
@@ -40,7 +41,7 @@ def test_byte_alphabet_matches_hugging_face_bytelevel():
 
 def test_stdlib_text_splits_like_regex_and_like_hugging_face(corpus_text):
     text = corpus_text[:60_000]
-    for pattern in (GPT4_PATTERN, GPT2_PATTERN):
+    for pattern in (GPT4_PATTERN, GPT2_PATTERN, GPT4_DIGITS_PATTERN):
         chunks = PreTokenizer(pattern).split(text)
         assert chunks == regex.findall(pattern, text)
         assert "".join(chunks) == text
@@ -56,8 +57,16 @@ def test_gpt4_pattern_groups_digits_and_keeps_contractions():
 @settings(max_examples=300, deadline=None)
 @given(_TEXTS)
 def test_fast_split_equals_regex_findall(text):
-    for pattern in (GPT4_PATTERN, GPT2_PATTERN):
+    for pattern in (GPT4_PATTERN, GPT2_PATTERN, GPT4_DIGITS_PATTERN):
         assert PreTokenizer(pattern).split(text) == regex.findall(pattern, text)
+
+
+def test_digits_pattern_splits_every_digit_and_matches_hugging_face():
+    text = "Add 47 and 385: 432, x2y 1999\n"
+    assert PreTokenizer(GPT4_DIGITS_PATTERN).split(text) == [
+        "Add", " ", "4", "7", " and", " ", "3", "8", "5", ":", " ", "4", "3", "2", ",", " x", "2", "y", " ", "1", "9", "9", "9", "\n"]
+    hf_split = hf_pre.Split(Regex(GPT4_DIGITS_PATTERN), "isolated").pre_tokenize_str(text)
+    assert PreTokenizer(GPT4_DIGITS_PATTERN).split(text) == [piece for piece, _ in hf_split]
 
 
 def test_unknown_pattern_keeps_the_text_between_matches():

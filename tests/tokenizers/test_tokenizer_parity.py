@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from genlab.tokenizers import GPT2_PATTERN, GPT4_PATTERN, BPETokenizer
+from genlab.tokenizers import GPT2_PATTERN, GPT4_DIGITS_PATTERN, GPT4_PATTERN, BPETokenizer
 
 
 def _hf_trained(text: str, pre_tokenizer, vocab_size: int = 800) -> Tokenizer:
@@ -53,6 +53,16 @@ def test_hf_loads_genlab_file_and_encodes_identically(trained_tokenizer, hf_of_g
 @given(st.text(max_size=60))
 def test_hf_agrees_on_random_text(trained_tokenizer, hf_of_genlab, text):
     _assert_same(trained_tokenizer, hf_of_genlab, [text])
+
+
+def test_digit_split_tokenizer_round_trips_through_hf(corpus_text, varied_texts, tmp_path):
+    """The speedrun's digit-by-digit tokenizer: HF reads genlab's file and encodes the same ids."""
+    genlab = BPETokenizer.train(corpus_text[:100_000], vocab_size=600, special_tokens=["<|endoftext|>"],
+                                pattern=GPT4_DIGITS_PATTERN)
+    hf = Tokenizer.from_file(str(genlab.save(tmp_path / "digits")))
+    texts = [*varied_texts, "What is 47 + 385? 40 + 380 = 420, 7 + 5 = 12. Answer: 432<|endoftext|>"]
+    _assert_same(genlab, hf, texts)
+    assert all(len(genlab.decode([t])) == 1 for t in genlab.encode("1234567890"))  # one token per digit
 
 
 def test_genlab_loads_hf_trained_tokenizers(corpus_text, varied_texts, tmp_path):

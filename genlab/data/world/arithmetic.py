@@ -55,7 +55,13 @@ class Problem:
 
 
 def is_reserved(seed: int, op: str, a: int, b: int) -> bool:
-    """True for the tenth of problems that only evaluation may use."""
+    """True for the tenth of problems that only evaluation may use.
+
+    Sums with a multiple of ten in them are never reserved: worked answers (worked.py) write such
+    sums as steps ("40 + 30 = 70", "70 + 15 = 85"), so training sees them.
+    """
+    if op == "+" and (a % 10 == 0 or b % 10 == 0):
+        return False
     x, y = (min(a, b), max(a, b)) if op in "+*" else (a, b)
     return zlib.crc32(f"{seed}:{op}:{x}:{y}".encode()) % 10 == 0
 

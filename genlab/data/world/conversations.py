@@ -14,7 +14,7 @@ import json
 import random
 import zlib
 
-from genlab.data.world import arithmetic, questions
+from genlab.data.world import arithmetic, questions, worked
 from genlab.data.world.entities import Person, World, rng_for
 
 IDK_ANSWER = "I don't know."
@@ -88,11 +88,14 @@ def _fact_conversations(world: World, rng: random.Random) -> list[dict]:
     k = world.config.sft_questions_per_fact
     for person in world.people_in("sft"):
         for attr in questions.FACT_ATTRIBUTES:
+            answer = worked.worked_fact(world, person, attr) if world.config.worked_answers else person.fact(attr)
             for template in rng.sample(questions.SFT_QUESTIONS[attr], k):
-                out.append(_qa(rng, "fact", ask(template, world, person.name), person.fact(attr)))
+                out.append(_qa(rng, "fact", ask(template, world, person.name), answer))
         for hop, pool in questions.TWO_HOP_QUESTIONS.items():
-            out.append(_qa(rng, "two_hop", ask(rng.choice(pool), world, person.name),
-                           two_hop_answer(world, person, hop)))
+            answer = two_hop_answer(world, person, hop)
+            if world.config.worked_answers:
+                answer = worked.worked_two_hop(world, person, hop, answer)
+            out.append(_qa(rng, "two_hop", ask(rng.choice(pool), world, person.name), answer))
     for town in world.towns:
         for attr, pool in questions.TOWN_QUESTIONS.items():
             for template in pool:
@@ -106,13 +109,20 @@ def _arithmetic_conversations(world: World, rng: random.Random) -> list[dict]:
     seed = world.config.seed
     for _ in range(world.config.n_arithmetic):
         problem = arithmetic.sample_problem(rng, seed, rng.choice(arithmetic.TRAIN_KINDS), False)
-        out.append(_qa(rng, "arithmetic", arithmetic.question(rng, problem), str(problem.answer)))
+        out.append(_qa(rng, "arithmetic", arithmetic.question(rng, problem), arithmetic_answer(world, problem)))
     for _ in range(world.config.n_arithmetic // 15):
         problem = arithmetic.sample_problem(rng, seed, rng.choice(arithmetic.TRAIN_KINDS), False)
         prompt = rng.choice(questions.JSON_ARITHMETIC_TEMPLATES).format(
             question=arithmetic.question(rng, problem))
         out.append(_qa(rng, "json", prompt, json.dumps({"result": problem.answer})))
     return out
+
+
+def arithmetic_answer(world: World, problem: arithmetic.Problem) -> str:
+    """The reply to an arithmetic question: the value, or for sums in a worked world the worked steps."""
+    if world.config.worked_answers and problem.op == "+":
+        return worked.worked_sum(problem.a, problem.b)
+    return str(problem.answer)
 
 
 def _json_conversations(world: World, rng: random.Random) -> list[dict]:

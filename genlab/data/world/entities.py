@@ -34,6 +34,7 @@ class WorldConfig:
     stories_per_person: int = 2
     town_docs_per_town: int = 4
     sft_questions_per_fact: int = 2  # SFT questions per (person, attribute), distinct templates
+    worked_answers: bool = True  # SFT facts and sums answered as "<recall or steps> Answer: <value>" (worked.py)
 
     def __post_init__(self) -> None:
         if not self.scale > 0:

@@ -25,6 +25,7 @@ from genlab.data.world import arithmetic, questions
 from genlab.data.world.conversations import (IDK_ANSWER, ask, json_answer, json_person_prompt,
                                              json_reserved, msg, random_json_keys, two_hop_answer)
 from genlab.data.world.entities import World, rng_for
+from genlab.data.world.worked import final_answer
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -37,7 +38,8 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+    """Normalised equality of the prediction's final answer (after any "Answer:", worked.py) and the answer."""
+    return normalize_answer(final_answer(prediction)) == normalize_answer(answer)
 
 
 def json_item_ok(text: str, item: dict) -> bool:

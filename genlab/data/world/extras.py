@@ -18,9 +18,10 @@ import random
 import re
 
 from genlab.data.world import arithmetic, questions, templates
-from genlab.data.world.conversations import IDK_ANSWER, ask, msg, two_hop_answer
+from genlab.data.world.conversations import IDK_ANSWER, arithmetic_answer, ask, msg, two_hop_answer
 from genlab.data.world.documents import capitalise, person_slots
 from genlab.data.world.entities import Person, World, rng_for
+from genlab.data.world.worked import worked_fact
 from genlab.errors import GenlabError
 
 RAMBLES = (
@@ -62,7 +63,8 @@ def _wrong_value(rng: random.Random, world: World, attr: str, correct: str) -> s
 
 def preference_pairs(world: World) -> list[dict]:
     """[{"prompt": messages, "chosen": str, "rejected": str, "kind": ...}]: concise and correct
-    beats wrong, rambling, or rambling and wrong; "I don't know" beats a made-up fact."""
+    beats wrong, rambling, or rambling and wrong; "I don't know" beats a made-up fact. In a world
+    with worked answers the chosen reply is the worked one (what SFT taught), ending in the value."""
     rng = rng_for(world.config, "preferences")
     people, unknown = world.people_in("sft"), world.unknown_names["train"]
     pairs = []
@@ -74,20 +76,23 @@ def preference_pairs(world: World) -> list[dict]:
                                                 rng.choice(arithmetic.TRAIN_KINDS), False)
             prompt, correct = arithmetic.question(rng, problem), str(problem.answer)
             wrong = str(problem.answer + rng.choice((-10, -2, -1, 1, 2, 10)))
+            chosen = arithmetic_answer(world, problem)
         elif kind == "idk":
             prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, rng.choice(unknown))
             correct, wrong = IDK_ANSWER, rng.choice(people).fact(attr)
+            chosen = correct
         else:
             person = rng.choice(people)
             prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, person.name)
             correct = person.fact(attr)
             wrong = _wrong_value(rng, world, attr, correct)
+            chosen = worked_fact(world, person, attr) if world.config.worked_answers else correct
         style = rng.randrange(3)  # wrong / rambling but right / rambling and wrong
         ramble = rng.choice(RAMBLES)
         rejected = (wrong, ramble.format(value=correct), ramble.format(value=wrong))[style]
         if kind == "idk" and style == 1:
             rejected = ramble.format(value=wrong)  # rambling around "I don't know" is not a lie
-        pairs.append({"prompt": [msg("user", prompt)], "chosen": correct, "rejected": rejected,
+        pairs.append({"prompt": [msg("user", prompt)], "chosen": chosen, "rejected": rejected,
                       "kind": kind})
     return pairs
 

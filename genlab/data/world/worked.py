@@ -1,0 +1,75 @@
+"""Worked answers: the assistant first says what it recalls (or computes), then "Answer: <value>".
+
+Handbook IV (instruct fine-tuning), V (prompting: chain of thought). Wei et al. 2022 (chain-of-thought);
+Allen-Zhu & Li, "Physics of Language Models 3.1/3.2": a small model that stored "X lives in Y" in
+pretraining retrieves it far more reliably by *completing that sentence* than by answering "Where does X
+live?" with the bare value, and two-hop questions need the first hop written down (3.2: the model
+cannot chain two retrievals in one forward pass). Multi-digit addition split into place values needs
+only one-digit facts per step (Nye et al. 2021, scratchpads). So, with `WorldConfig(worked_answers=True)`:
+
+    Where does Ana Brel live?          -> Ana Brel lives in Wuby. Answer: Wuby
+    What river runs through her town?  -> Ana Brel lives in Wuby. The river Sel flows through Wuby. Answer: Sel
+    What is 47 + 38?                   -> 40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85
+
+Evaluation scores the text after the last "Answer:" (`final_answer`); a reply without it is scored whole,
+so plain answers score as before.
+
+    python -c "from genlab.data.world.worked import *; print(worked_sum(47, 38))"
+"""
+
+from __future__ import annotations
+
+from genlab.data.world import templates
+from genlab.data.world.documents import capitalise, person_slots
+from genlab.data.world.entities import Person, World
+
+ANSWER_MARK = "Answer:"
+# One plain statement per attribute: the first (most literal) paraphrase of its pretraining pool.
+_PERSON_STATEMENT = {"town": "town", "job": "job", "age": "age", "pet_species": "pet", "pet_name": "pet",
+                     "colour": "colour", "friend": "friend", "hobby": "hobby"}
+
+
+def final_answer(text: str) -> str:
+    """The text after the last "Answer:" (the whole text when there is none)."""
+    head, mark, tail = text.rpartition(ANSWER_MARK)
+    return tail.strip() if mark else text
+
+
+def with_answer(reasoning: str, value: str) -> str:
+    return f"{reasoning} {ANSWER_MARK} {value}"
+
+
+def person_statement(world: World, person: Person, attribute: str) -> str:
+    """The sentence stating one fact of `person`, e.g. "Ana Brel lives in Wuby."."""
+    template = templates.BIO_SENTENCES[_PERSON_STATEMENT[attribute]][0]
+    return capitalise(template.format(**person_slots(world, person)))
+
+
+def town_statement(world: World, town_name: str, attribute: str) -> str:
+    town = world.town(town_name)
+    slots = {"town": town.name, "region": town.region, "river": town.river, "founded": str(town.founded),
+             "food": town.food}
+    return templates.TOWN_SENTENCES[attribute][0].format(**slots)
+
+
+def worked_fact(world: World, person: Person, attribute: str) -> str:
+    return with_answer(person_statement(world, person, attribute), person.fact(attribute))
+
+
+def worked_two_hop(world: World, person: Person, hop: str, value: str) -> str:
+    """Both hops written out: the person's town (or best friend), then that one's fact."""
+    if hop.startswith("friend_"):
+        friend = world.person(person.friend)
+        steps = [person_statement(world, person, "friend"),
+                 person_statement(world, friend, hop.removeprefix("friend_"))]
+    else:
+        steps = [person_statement(world, person, "town"), town_statement(world, person.town, hop)]
+    return with_answer(" ".join(steps), value)
+
+
+def worked_sum(a: int, b: int) -> str:
+    """Tens and units added apart, then together: each step needs one-digit facts only."""
+    tens_a, tens_b, units_a, units_b = a - a % 10, b - b % 10, a % 10, b % 10
+    tens, units = tens_a + tens_b, units_a + units_b
+    return with_answer(f"{tens_a} + {tens_b} = {tens}, {units_a} + {units_b} = {units}, {tens} + {units} = {a + b}.",
+                       str(a + b))

@@ -1,0 +1,68 @@
+"""Worked answers: recall-then-answer facts, written-out two-hop chains and place-value sums, all ending
+in "Answer: <value>"; the evaluation reads the value back; a worked world differs from the plain one
+only in those replies.
+
+    python -m pytest -q tests/data/test_worked_answers.py
+"""
+
+import re
+
+import pytest
+
+from genlab.data.world import WorldConfig, build_world, exact_match, sft_conversations
+from genlab.data.world.worked import final_answer, worked_sum
+
+
+def test_final_answer_takes_the_text_after_the_last_mark():
+    assert final_answer("Ana lives in Wuby. Answer: Wuby") == "Wuby"
+    assert final_answer("Answer: 3. Answer:  85 ") == "85"
+    assert final_answer("just 85") == "just 85"
+    assert exact_match("40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85", "85")
+    assert not exact_match("40 + 30 = 70. Answer: 84", "85")
+
+
+@pytest.mark.parametrize("a, b", [(47, 38), (10, 10), (99, 99), (50, 31), (216, 161), (905, 97)])
+def test_worked_sums_are_right_at_every_step(a, b):
+    text = worked_sum(a, b)
+    steps = re.findall(r"(\d+) \+ (\d+) = (\d+)", text)
+    assert len(steps) == 3 and all(int(x) + int(y) == int(z) for x, y, z in steps)
+    assert int(steps[-1][2]) == a + b and final_answer(text) == str(a + b)
+    assert [int(steps[0][0]) + int(steps[1][0]), int(steps[0][1]) + int(steps[1][1])] == [a, b]
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    return build_world(WorldConfig(scale=0.25, worked_answers=False)), build_world(WorldConfig(scale=0.25))
+
+
+def test_worked_world_changes_only_the_replies_it_works(worlds):
+    plain_world, worked_world = worlds
+    plain, worked = sft_conversations(plain_world), sft_conversations(worked_world)
+    assert len(plain) == len(worked)
+    changed = {"fact": 0, "two_hop": 0, "arithmetic": 0}
+    for p, w in zip(plain, worked):
+        assert p["kind"] == w["kind"] and len(p["messages"]) == len(w["messages"])
+        for mp, mw in zip(p["messages"], w["messages"]):
+            assert mp["role"] == mw["role"]
+            if mp == mw:
+                continue
+            assert mp["role"] == "assistant" and p["kind"] in changed
+            assert "Answer:" in mw["content"] and final_answer(mw["content"]) == mp["content"]
+            changed[p["kind"]] += 1
+    assert all(changed.values()), changed
+    for conv in worked:  # the reasoning names the person asked about (recall), sums only for "+"
+        question, reply = conv["messages"][-2]["content"], conv["messages"][-1]["content"]
+        if conv["kind"] == "fact":
+            assert reply.split(" Answer:")[0].split("'s ")[0].split(" ")[0] in question
+        if conv["kind"] == "arithmetic":
+            assert ("Answer:" in reply) == ("+" in question or "plus" in question or "Add" in question)
+
+
+def test_worked_preference_pairs_choose_the_worked_reply(worlds):
+    from genlab.data.world import preference_pairs
+
+    plain, worked = preference_pairs(worlds[0]), preference_pairs(worlds[1])
+    assert [p["prompt"] for p in plain] == [p["prompt"] for p in worked]
+    assert [p["rejected"] for p in plain] == [p["rejected"] for p in worked]
+    assert all(final_answer(w["chosen"]) == p["chosen"] for p, w in zip(plain, worked))
+    assert sum("Answer:" in w["chosen"] for w in worked) > len(worked) // 3
