@@ -213,7 +213,7 @@ def ppo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS,
         held_out: float = typer.Option(0.5, help="Fraction of the prompts held out for evaluation."),
         steps: int = typer.Option(30), prompts_per_step: int = typer.Option(16), lr: float = typer.Option(3e-5),
         kl_coef: float = typer.Option(0.05), ppo_epochs: int = typer.Option(4), minibatch_size: int = typer.Option(8),
-        max_new_tokens: int = typer.Option(16), temperature: float = typer.Option(1.0),
+        max_new_tokens: int = typer.Option(48, help="Room for a worked answer."), temperature: float = typer.Option(1.0),
         seed: int = typer.Option(0), method: str = METHOD, rank: int = typer.Option(16, "--rank", "-r"),
         time_budget: Optional[float] = typer.Option(None), run_dir: Path = typer.Option(Path("runs/ppo"))) -> None:
     """PPO (policy + value head, per-token KL to the reference, GAE, clipped losses) on chat prompts."""
@@ -244,7 +244,7 @@ def grpo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS, wor
          world_scale: float = typer.Option(1.0),
          held_out: float = typer.Option(0.5, help="Fraction of the prompts held out for evaluation."),
          steps: int = typer.Option(50), prompts_per_step: int = typer.Option(8), group_size: int = typer.Option(8),
-         lr: float = typer.Option(5e-5), kl_coef: float = typer.Option(0.04), max_new_tokens: int = typer.Option(16),
+         lr: float = typer.Option(5e-5), kl_coef: float = typer.Option(0.04), max_new_tokens: int = typer.Option(48, help="Room for a worked answer."),
          temperature: float = typer.Option(1.0), seed: int = typer.Option(0), method: str = METHOD,
          rank: int = typer.Option(16, "--rank", "-r"), time_budget: Optional[float] = typer.Option(None),
          run_dir: Path = typer.Option(Path("runs/grpo"))) -> None:
