@@ -53,7 +53,10 @@ def speedrun_report(cfg: Any, summary: dict[str, Any], samples: list[dict[str, s
         f"# genlab speedrun ({summary['mode']})",
         f"Wall time **{summary['wall_seconds']:.0f} s** on this machine, no download. The base model is scored with a "
         f"{cfg.few_shot_k}-shot plain-text prompt, the SFT model with the chat format; exact match after normalisation "
-        "(JSON: parses with the required keys).",
+        "of the final answer, the text after \"Answer:\" when the reply has one (JSON: parses with the required keys)."
+        + (" SFT taught worked answers: recall the fact as a sentence, add by place value, then \"Answer: value\"."
+           if getattr(cfg, "worked_answers", False) else "")
+        + (" The tokenizer splits every digit." if getattr(cfg, "digit_tokens", False) else ""),
         "## Report card",
         markdown_table(["stage"] + [title for _, title in CARD_COLUMNS], card),
         "![report card](plots/report_card.png)",
