@@ -41,6 +41,7 @@ from genlab.data.chat import render_chat
 from genlab.data.world import IDK_ANSWER, World, normalize_answer, private_documents, questions, vocab
 from genlab.data.world.entities import NameMaker, make_group  # the world's own generators, new stream
 from genlab.data.world.extras import profile_document  # the record-card / prose-bio shapes of private documents
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.evals.generative import generate_answers
 from genlab.retrieval.chunking import ChunkConfig
@@ -66,7 +67,8 @@ def cite(answer: str, source_number: int) -> str:
 
 
 def rag_correct(output: str, answer: str) -> bool:
-    return normalize_answer(strip_citations(output)) == normalize_answer(answer)
+    """Exact match of the cited reply's final answer (a worked reply ends "Answer: Wuby [2]")."""
+    return normalize_answer(final_answer(strip_citations(output))) == normalize_answer(answer)
 
 
 # ------------------------------------------------------------------------------------------------

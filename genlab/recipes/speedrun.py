@@ -7,8 +7,9 @@ The report card measures what each stage does: bits per byte, and exact-match ac
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
 for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
 every digit and SFT answers are worked (genlab.data.world.worked: "X lives in Y. Answer: Y", sums by place
-value): measured on the default run, (a) 16% -> 38%, (b) 12.5% -> 40%, (c) 1.5% -> 13.5% against bare
-answers with 1-3 digit number tokens. Each stage reports through
+value; an unknown name is named before "I don't know"): the default run went from (a) 16%, (b) 12.5%,
+(c) 1.5% with bare answers and 1-3 digit number tokens to (a) 51.5%, (b) 35.5%, (c) 6.5% (run to run, a
+and b trade by +-15 points; their sum moved from 28 to 74-87). Each stage reports through
 `SpeedrunHooks`, so the CLI can draw progress while this module never prints.
 
     genlab speedrun --quick

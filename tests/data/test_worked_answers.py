@@ -39,7 +39,7 @@ def test_worked_world_changes_only_the_replies_it_works(worlds):
     plain_world, worked_world = worlds
     plain, worked = sft_conversations(plain_world), sft_conversations(worked_world)
     assert len(plain) == len(worked)
-    changed = {"fact": 0, "two_hop": 0, "arithmetic": 0}
+    changed = {"fact": 0, "two_hop": 0, "arithmetic": 0, "idk": 0, "multi_turn": 0}
     for p, w in zip(plain, worked):
         assert p["kind"] == w["kind"] and len(p["messages"]) == len(w["messages"])
         for mp, mw in zip(p["messages"], w["messages"]):

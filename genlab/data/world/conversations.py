@@ -118,6 +118,14 @@ def _arithmetic_conversations(world: World, rng: random.Random) -> list[dict]:
     return out
 
 
+def idk_answer(world: World, name: str) -> str:
+    """The reply about someone unknown; worked, it names them first (practice in copying unseen names,
+    which answers about people SFT never showed need: "Ana Brel lives in ...")."""
+    if world.config.worked_answers:
+        return worked.with_answer(f"I know nothing about {name}.", IDK_ANSWER)
+    return IDK_ANSWER
+
+
 def arithmetic_answer(world: World, problem: arithmetic.Problem) -> str:
     """The reply to an arithmetic question: the value, or for sums in a worked world the worked steps."""
     if world.config.worked_answers and problem.op == "+":
@@ -142,7 +150,7 @@ def _idk_conversations(world: World, rng: random.Random) -> list[dict]:
     pools = list(questions.SFT_QUESTIONS.values()) + list(questions.TWO_HOP_QUESTIONS.values())
     for name in world.unknown_names["train"]:
         for pool in rng.sample(pools, 3):
-            out.append(_qa(rng, "idk", ask(rng.choice(pool), world, name), IDK_ANSWER))
+            out.append(_qa(rng, "idk", ask(rng.choice(pool), world, name), idk_answer(world, name)))
     return out
 
 
@@ -164,7 +172,7 @@ def _person_dialogue(world: World, rng: random.Random, person: Person) -> list[d
     else:  # an unknown person first, then the same question about a known one
         stranger = rng.choice(world.unknown_names["train"])
         template = rng.choice(questions.SFT_QUESTIONS[first])
-        turns = [msg("user", ask(template, world, stranger)), msg("assistant", IDK_ANSWER),
+        turns = [msg("user", ask(template, world, stranger)), msg("assistant", idk_answer(world, stranger)),
                  msg("user", f"And what about {person.name}?"),
                  msg("assistant", person.fact(first))]
         keys = ["name", {v: k for k, v in questions.JSON_KEYS.items()}[first]]

@@ -18,7 +18,7 @@ import random
 import re
 
 from genlab.data.world import arithmetic, questions, templates
-from genlab.data.world.conversations import IDK_ANSWER, arithmetic_answer, ask, msg, two_hop_answer
+from genlab.data.world.conversations import IDK_ANSWER, arithmetic_answer, ask, idk_answer, msg, two_hop_answer
 from genlab.data.world.documents import capitalise, person_slots
 from genlab.data.world.entities import Person, World, rng_for
 from genlab.data.world.worked import worked_fact
@@ -78,9 +78,10 @@ def preference_pairs(world: World) -> list[dict]:
             wrong = str(problem.answer + rng.choice((-10, -2, -1, 1, 2, 10)))
             chosen = arithmetic_answer(world, problem)
         elif kind == "idk":
-            prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, rng.choice(unknown))
+            stranger = rng.choice(unknown)
+            prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, stranger)
             correct, wrong = IDK_ANSWER, rng.choice(people).fact(attr)
-            chosen = correct
+            chosen = idk_answer(world, stranger)
         else:
             person = rng.choice(people)
             prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, person.name)

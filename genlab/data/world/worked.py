@@ -10,6 +10,9 @@ only one-digit facts per step (Nye et al. 2021, scratchpads). So, with `WorldCon
     Where does Ana Brel live?          -> Ana Brel lives in Wuby. Answer: Wuby
     What river runs through her town?  -> Ana Brel lives in Wuby. The river Sel flows through Wuby. Answer: Sel
     What is 47 + 38?                   -> 40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85
+    Where does Zed Quorble live?       -> I know nothing about Zed Quorble. Answer: I don't know.
+
+(The last teaches copying a name SFT never showed, which answers about pretraining-only people need.)
 
 Evaluation scores the text after the last "Answer:" (`final_answer`); a reply without it is scored whole,
 so plain answers score as before.
