@@ -12,7 +12,7 @@ with explicit per-token positions. `PagedStep` is the cache object handed to
 gives it its q, k, v (after RoPE) and it stores k, v into their slots and attends:
 - decode tokens (one query per sequence) in one batched computation: with numba, a kernel that
   reads each sequence's keys/values in place through its block table (paged_kernels.py, about 3x
-  faster than the copy below); otherwise each sequence's blocks are gathered through its (padded)
+  faster than the copy below; the engine's fused decode step calls it directly); otherwise each sequence's blocks are gathered through its (padded)
   block table into a reused buffer [n_kv_head, S, keys, head_dim] (one copy; none for a lone
   sequence whose blocks are consecutive), then one SDPA call over all sequences with an additive
   mask for the padding;
@@ -180,10 +180,12 @@ class PagedStep:
         return one(self.cache.k), one(self.cache.v)
 
     def _decode_attention(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """One query per sequence, q [S, H, D] -> [S, H, D]: softmax(q K^T / sqrt(d)) V by one SDPA call.
+        """One query per sequence, q [S, H, D] -> [S, H, D]: softmax(q K^T / sqrt(d)) V.
 
-        Keys/values come as [S, Hkv, K, D]: a view of the store for a lone sequence with consecutive
+        With numba: the block-table kernel (every batch, a lone sequence included). Otherwise one SDPA
+        call over keys/values as [S, Hkv, K, D]: a view of the store for a lone sequence with consecutive
         blocks, else a gather through the padded block tables (one copy per k/v) with the padding masked.
+        The engine's fused decode step (fused_decode.py) calls the kernel itself and skips this method.
         """
         S, H, D = q.shape
         store_k, store_v = self.cache.k[layer], self.cache.v[layer]  # [Hkv, num_blocks, bs, D]
