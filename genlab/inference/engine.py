@@ -207,12 +207,12 @@ class LLMEngine:
             row += c.length
         step = self.kv.step([Chunk(c.seq.block_table, c.start, c.length) for c in chunks])
         with torch.inference_mode():
-            idx = torch.tensor([ids], dtype=torch.long, device=self.device)
             # All-decode steps need every row's logits: no row selection (one copy fewer).
             logit_rows = None if len(rows) == row else torch.tensor(rows, dtype=torch.long, device=self.device)
             if self.fused is not None and logit_rows is None and step.all_decode:
                 logits = self.fused(ids, step)
             else:
+                idx = torch.tensor([ids], dtype=torch.long, device=self.device)
                 logits = self.model(idx, cache=step, positions=step.positions, logit_rows=logit_rows)[0]
         samplers: list[tuple[Sequence, int]] = []  # (sequence, its row in `logits`)
         at = 0  # this chunk's first row in `logits`

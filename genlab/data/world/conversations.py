@@ -88,14 +88,12 @@ def _fact_conversations(world: World, rng: random.Random) -> list[dict]:
     k = world.config.sft_questions_per_fact
     for person in world.people_in("sft"):
         for attr in questions.FACT_ATTRIBUTES:
-            answer = worked.worked_fact(world, person, attr) if world.config.worked_answers else person.fact(attr)
+            answer = fact_reply(world, person, attr)
             for template in rng.sample(questions.SFT_QUESTIONS[attr], k):
                 out.append(_qa(rng, "fact", ask(template, world, person.name), answer))
         for hop, pool in questions.TWO_HOP_QUESTIONS.items():
-            answer = two_hop_answer(world, person, hop)
-            if world.config.worked_answers:
-                answer = worked.worked_two_hop(world, person, hop, answer)
-            out.append(_qa(rng, "two_hop", ask(rng.choice(pool), world, person.name), answer))
+            out.append(_qa(rng, "two_hop", ask(rng.choice(pool), world, person.name),
+                           two_hop_reply(world, person, hop)))
     for town in world.towns:
         for attr, pool in questions.TOWN_QUESTIONS.items():
             for template in pool:
@@ -116,6 +114,18 @@ def _arithmetic_conversations(world: World, rng: random.Random) -> list[dict]:
             question=arithmetic.question(rng, problem))
         out.append(_qa(rng, "json", prompt, json.dumps({"result": problem.answer})))
     return out
+
+
+# The replies SFT teaches: bare values, or in a world with worked answers the worked form (worked.py).
+def fact_reply(world: World, person: Person, attribute: str) -> str:
+    if world.config.worked_answers:
+        return worked.worked_fact(world, person, attribute)
+    return person.fact(attribute)
+
+
+def two_hop_reply(world: World, person: Person, hop: str) -> str:
+    answer = two_hop_answer(world, person, hop)
+    return worked.worked_two_hop(world, person, hop, answer) if world.config.worked_answers else answer
 
 
 def idk_answer(world: World, name: str) -> str:

@@ -18,10 +18,10 @@ import random
 import re
 
 from genlab.data.world import arithmetic, questions, templates
-from genlab.data.world.conversations import IDK_ANSWER, arithmetic_answer, ask, idk_answer, msg, two_hop_answer
+from genlab.data.world.conversations import (IDK_ANSWER, arithmetic_answer, ask, fact_reply, idk_answer, msg,
+                                             two_hop_answer)
 from genlab.data.world.documents import capitalise, person_slots
 from genlab.data.world.entities import Person, World, rng_for
-from genlab.data.world.worked import worked_fact
 from genlab.errors import GenlabError
 
 RAMBLES = (
@@ -87,7 +87,7 @@ def preference_pairs(world: World) -> list[dict]:
             prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, person.name)
             correct = person.fact(attr)
             wrong = _wrong_value(rng, world, attr, correct)
-            chosen = worked_fact(world, person, attr) if world.config.worked_answers else correct
+            chosen = fact_reply(world, person, attr)
         style = rng.randrange(3)  # wrong / rambling but right / rambling and wrong
         ramble = rng.choice(RAMBLES)
         rejected = (wrong, ramble.format(value=correct), ramble.format(value=wrong))[style]
