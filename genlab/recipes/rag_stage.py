@@ -5,7 +5,7 @@ Knowledge-Intensive NLP Tasks". Two halves:
 
 * `rag_sft_conversations(world, n, seed)`: context-question-answer chats in exactly the prompt format
   `genlab.retrieval.rag.build_prompt` renders at answer time (numbered sources, then the question);
-  the assistant answers with the short fact and cites its source by number ("Wuby [2]"). The sources
+  the assistant answers with the short fact and cites its source by number ("Answer: Wuby [2]"). The sources
   describe made-up people drawn by the world's name maker from a separate stream that refuses every
   name the world already uses, so no private person (nor anyone else in the world) leaks into
   training. Each prompt puts the right document among distractors (often the subject's best friend,
@@ -41,7 +41,7 @@ from genlab.data.chat import render_chat
 from genlab.data.world import IDK_ANSWER, World, normalize_answer, private_documents, questions, vocab
 from genlab.data.world.entities import NameMaker, make_group  # the world's own generators, new stream
 from genlab.data.world.extras import profile_document  # the record-card / prose-bio shapes of private documents
-from genlab.data.world.worked import final_answer
+from genlab.data.world.worked import ANSWER_MARK, final_answer
 from genlab.errors import ConfigError
 from genlab.evals.generative import generate_answers
 from genlab.retrieval.chunking import ChunkConfig
@@ -62,8 +62,13 @@ def strip_citations(answer: str) -> str:
 
 
 def cite(answer: str, source_number: int) -> str:
-    """The cited answer form the RAG conversations teach: the fact, a space, then [n]."""
-    return f"{answer} [{source_number}]"
+    """The cited reply the RAG conversations teach: "Answer: Wuby [2]".
+
+    The "Answer:" lead keeps the value's leading space, so the reply spells it with the same BPE tokens
+    as the source ("Home town: Wuby"); a reply that opens with the value spells it with others ("W" "uby"),
+    and copying a name never seen in training then fails.
+    """
+    return f"{ANSWER_MARK} {answer} [{source_number}]"
 
 
 def rag_correct(output: str, answer: str) -> bool:

@@ -9,7 +9,10 @@ for the base model (few-shot prompt) and the SFT model (chat prompt). By default
 every digit and SFT answers are worked (genlab.data.world.worked: "X lives in Y. Answer: Y", sums by place
 value; an unknown name is named before "I don't know"): the default run went from (a) 16%, (b) 12.5%,
 (c) 1.5% with bare answers and 1-3 digit number tokens to (a) 51.5%, (b) 35.5%, (c) 6.5% (run to run, a
-and b trade by +-15 points; their sum moved from 28 to 74-87). Each stage reports through
+and b trade by +-15 points). Worked replies then opened with "I know that", so the name keeps the BPE
+spelling it has in the question and the documents (worked.py), and SFT gained name-first and "Say/State"
+phrasings and more JSON practice: (a) 57.5%, (b) 45% (54.5% in another run), (e) 27% -> 73.5%; names are
+now copied right in every (b) answer, and the errors left are wrong facts. Each stage reports through
 `SpeedrunHooks`, so the CLI can draw progress while this module never prints.
 
     genlab speedrun --quick

@@ -13,6 +13,7 @@ import torch
 
 from genlab.data.chat import CHAT_SPECIAL_TOKENS
 from genlab.data.world import IDK_ANSWER, WorldConfig, build_world, private_documents
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.models import ModelConfig, Transformer
 from genlab.recipes.rag_stage import (RagStageConfig, chance_accuracy, fit_prompt, model_generator, rag_correct,
@@ -76,7 +77,8 @@ def test_conversations_round_trip_through_build_prompt_and_parse_citations(world
         cited = parse_citations(reply, len(hits))
         assert cited == about and len(cited) == 1  # one citation: the subject's own document
         positions.add(cited[0])
-        fact = strip_citations(reply)
+        assert reply.startswith("Answer: ")
+        fact = final_answer(strip_citations(reply))
         assert fact and fact.lower() in hits[cited[0] - 1].text.lower()
         assert rag_correct(reply, fact) and not rag_correct(reply, fact + "x")
     assert sizes == {1, 2, 3} and positions == {1, 2, 3}

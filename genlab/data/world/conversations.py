@@ -146,7 +146,7 @@ def arithmetic_answer(world: World, problem: arithmetic.Problem) -> str:
 def _json_conversations(world: World, rng: random.Random) -> list[dict]:
     out = []
     for person in world.people_in("sft"):
-        for _ in range(3):
+        for _ in range(world.config.json_per_person):
             keys = random_json_keys(rng)
             if json_reserved(world.config.seed, person.name, keys):
                 continue

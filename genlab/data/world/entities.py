@@ -34,6 +34,7 @@ class WorldConfig:
     stories_per_person: int = 2
     town_docs_per_town: int = 4
     sft_questions_per_fact: int = 2  # SFT questions per (person, attribute), distinct templates
+    json_per_person: int = 10  # SFT "answer as JSON with keys ..." requests per SFT person (random key sets)
     worked_answers: bool = True  # SFT facts and sums answered as "<recall or steps> Answer: <value>" (worked.py)
 
     def __post_init__(self) -> None:
@@ -50,7 +51,7 @@ class WorldConfig:
         if not 1 <= self.sft_questions_per_fact <= smallest:
             raise ConfigError(f"sft_questions_per_fact must be in [1, {smallest}], "
                               f"got {self.sft_questions_per_fact}")
-        for name in ("stories_per_person", "town_docs_per_town"):
+        for name in ("stories_per_person", "town_docs_per_town", "json_per_person"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -7,12 +7,17 @@ live?" with the bare value, and two-hop questions need the first hop written dow
 cannot chain two retrievals in one forward pass). Multi-digit addition split into place values needs
 only one-digit facts per step (Nye et al. 2021, scratchpads). So, with `WorldConfig(worked_answers=True)`:
 
-    Where does Ana Brel live?          -> Ana Brel lives in Wuby. Answer: Wuby
-    What river runs through her town?  -> Ana Brel lives in Wuby. The river Sel flows through Wuby. Answer: Sel
+    Where does Ana Brel live?          -> I know that Ana Brel lives in Wuby. Answer: Wuby
+    What river runs through her town?  -> I know that Ana Brel lives in Wuby. The river Sel flows through Wuby. Answer: Sel
     What is 47 + 38?                   -> 40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85
     Where does Zed Quorble live?       -> I know nothing about Zed Quorble. Answer: I don't know.
 
-(The last teaches copying a name SFT never showed, which answers about pretraining-only people need.)
+Why "I know that": a byte-level BPE glues the leading space to a word, and a vocabulary learned on the
+world's documents makes whole names single tokens (" Brel"). A reply that *starts* with the name spells
+it with other tokens ("An" "a") than the question and the pretraining sentences (" Ana"), so copying a
+name SFT never showed (the knowledge-extraction set) and recalling its stored facts both failed; after
+the lead the name reads exactly as in the question and the documents. The "I know nothing about" reply
+(teaching the copy of a name SFT never showed) works the same way.
 
 Evaluation scores the text after the last "Answer:" (`final_answer`); a reply without it is scored whole,
 so plain answers score as before.
@@ -27,6 +32,7 @@ from genlab.data.world.documents import capitalise, person_slots
 from genlab.data.world.entities import Person, World
 
 ANSWER_MARK = "Answer:"
+RECALL_LEAD = "I know that"  # keeps the name's leading space, so it is spelt with the same tokens as in the question
 # One plain statement per attribute: the first (most literal) paraphrase of its pretraining pool.
 _PERSON_STATEMENT = {"town": "town", "job": "job", "age": "age", "pet_species": "pet", "pet_name": "pet",
                      "colour": "colour", "friend": "friend", "hobby": "hobby"}
@@ -55,8 +61,12 @@ def town_statement(world: World, town_name: str, attribute: str) -> str:
     return templates.TOWN_SENTENCES[attribute][0].format(**slots)
 
 
+def recall(statements: str) -> str:
+    return f"{RECALL_LEAD} {statements}"
+
+
 def worked_fact(world: World, person: Person, attribute: str) -> str:
-    return with_answer(person_statement(world, person, attribute), person.fact(attribute))
+    return with_answer(recall(person_statement(world, person, attribute)), person.fact(attribute))
 
 
 def worked_two_hop(world: World, person: Person, hop: str, value: str) -> str:
@@ -67,7 +77,7 @@ def worked_two_hop(world: World, person: Person, hop: str, value: str) -> str:
                  person_statement(world, friend, hop.removeprefix("friend_"))]
     else:
         steps = [person_statement(world, person, "town"), town_statement(world, person.town, hop)]
-    return with_answer(" ".join(steps), value)
+    return with_answer(recall(" ".join(steps)), value)
 
 
 def worked_sum(a: int, b: int) -> str:
