@@ -12,10 +12,10 @@ with explicit per-token positions. `PagedStep` is the cache object handed to
 gives it its q, k, v (after RoPE) and it stores k, v into their slots and attends:
 - decode tokens (one query per sequence) in one batched computation: with numba, a kernel that
   reads each sequence's keys/values in place through its block table (paged_kernels.py, about 3x
-  faster than the copy below; the engine's fused decode step calls it directly); otherwise each sequence's blocks are gathered through its (padded)
-  block table into a reused buffer [n_kv_head, S, keys, head_dim] (one copy; none for a lone
-  sequence whose blocks are consecutive), then one SDPA call over all sequences with an additive
-  mask for the padding;
+  faster than the copy below; the engine's fused decode step calls it directly); otherwise each
+  sequence's blocks are gathered through its (padded) block table into a reused buffer
+  [n_kv_head, S, keys, head_dim] (one copy; none for a lone sequence whose blocks are consecutive),
+  then one SDPA call over all sequences with an additive mask for the padding;
 - prefill chunks one sequence at a time (few per step, each a large matmul): a chunk that starts
   at position 0 attends to its own keys (plain causal); a later chunk (chunked prefill, prefix
   cache hit, re-prefill) gathers the earlier keys through its block table and masks causally.

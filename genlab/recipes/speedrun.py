@@ -6,17 +6,12 @@ paraphrases plus conversations about them; the Python standard library supplies 
 The report card measures what each stage does: bits per byte, and exact-match accuracy on held-out sets
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
 for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
-every digit and SFT answers are worked (genlab.data.world.worked: "X lives in Y. Answer: Y", sums by place
-value; an unknown name is named before "I don't know"): the default run went from (a) 16%, (b) 12.5%,
-(c) 1.5% with bare answers and 1-3 digit number tokens to (a) 51.5%, (b) 35.5%, (c) 6.5% (run to run, a
-and b trade by +-15 points). Worked replies then opened with "I know that", so the name keeps the BPE
-spelling it has in the question and the documents (worked.py), and SFT gained name-first and "Say/State"
-phrasings and more JSON practice: (a) 57.5%, (b) 45% (54.5% in another run), (e) 27% -> 73.5%; names are
-now copied right in every (b) answer, and the errors left are wrong facts. Halving the batch to 8 and
-doubling the steps (same tokens, same time) then gave (a) 83% / 82.5%, (b) 53% / 52.5%, (c) 52.5% / 20%,
-(d) 97.5% / 96%, (e) 81% / 66% (world seeds 0 / 1); batch 4 at twice the steps again lost (c) and (e)
-(5.5%, 50.5%). Each stage reports through
-`SpeedrunHooks`, so the CLI can draw progress while this module never prints.
+every digit and SFT answers are worked (genlab.data.world.worked: "I know that X lives in Y. Answer: Y",
+sums by place value, an unknown name named before "I don't know"), and both stages train in small
+batches (8 x 256 tokens, many steps). The default run, world seeds 0 / 1: (a) 83% / 82.5%, (b) 53% /
+52.5%, (c) 52.5% / 20%, (d) 97.5% / 96%, (e) 81% / 66%; with bare answers, 1-3 digit number tokens and
+batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
+can draw progress while this module never prints.
 
     genlab speedrun --quick
 """
@@ -74,7 +69,7 @@ class SpeedrunConfig:
     n_layer: int = 4
     n_head: int = 4
     seq_len: int = 256
-    batch_size: int = 8  # small batches, many steps: at equal tokens and time, 8 x 900 beat 16 x 450 on every set
+    batch_size: int = 8  # at equal tokens and time, 8 x 900 steps beat 16 x 450 (a: 57.5 -> 83%, c: 2 -> 52.5%)
     steps: int = 900  # pretraining steps (~1.8M tokens: ~2.4 passes over the mix, ~5 over the world documents)
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
     arithmetic_practice: int = 4_000  # extra arithmetic conversations in the mix
@@ -168,7 +163,8 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 def _evaluate(model, tokenizer, items, bpb_texts, cfg: SpeedrunConfig, mode: str, pools) -> dict[str, Any]:
     # Worked answers need room (a two-hop chain is ~40 tokens); a base model's few-shot reply is cut earlier.
-    config = EvalConfig(mode=mode, max_tokens=64 if mode == "chat" else 40, few_shot_k=cfg.few_shot_k, seed=cfg.seed, gen_batch_size=32)
+    config = EvalConfig(mode=mode, max_tokens=64 if mode == "chat" else 40, few_shot_k=cfg.few_shot_k, seed=cfg.seed,
+                        gen_batch_size=32)
     return run_eval_suite(model, tokenizer, items, bpb_texts=bpb_texts, few_shot_pool=pools, config=config)
 
 

@@ -8,7 +8,8 @@ cannot chain two retrievals in one forward pass). Multi-digit addition split int
 only one-digit facts per step (Nye et al. 2021, scratchpads). So, with `WorldConfig(worked_answers=True)`:
 
     Where does Ana Brel live?          -> I know that Ana Brel lives in Wuby. Answer: Wuby
-    What river runs through her town?  -> I know that Ana Brel lives in Wuby. The river Sel flows through Wuby. Answer: Sel
+    What river runs through her town?  -> I know that Ana Brel lives in Wuby. The river Sel flows through Wuby.
+                                          Answer: Sel
     What is 47 + 38?                   -> 40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85
     Where does Zed Quorble live?       -> I know nothing about Zed Quorble. Answer: I don't know.
 
