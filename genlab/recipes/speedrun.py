@@ -7,10 +7,11 @@ The report card measures what each stage does: bits per byte, and exact-match ac
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
 for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
 every digit and SFT answers are worked (genlab.data.world.worked: "I know that X lives in Y. Answer: Y",
-sums by place value, an unknown name named before "I don't know"), and both stages train in small
-batches (8 x 256 tokens, many steps). The default run, world seeds 0 / 1: (a) 83% / 82.5%, (b) 53% /
-52.5%, (c) 52.5% / 20%, (d) 97.5% / 96%, (e) 81% / 66%; with bare answers, 1-3 digit number tokens and
-batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
+sums column by column, an unknown name named before "I don't know"), and both stages train in small
+batches (8 x 256 tokens, many steps). The default run (world seed 0, 809 s): (a) 75%, (b) 54%,
+(c) 63%, (d) 95.5%, (e) 98.5%; runs differ a lot between seeds and small data changes ((c) 20-63%, (a)
+69.5-83% across this configuration's neighbours). With bare answers, 1-3 digit number tokens and batch 16
+it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
 can draw progress while this module never prints.
 
     genlab speedrun --quick
@@ -77,7 +78,7 @@ class SpeedrunConfig:
     lr: float = 3e-3
     warmup: int = 60
     eval_every: int = 100
-    sft_steps: int = 500
+    sft_steps: int = 600  # 500 -> 600: (a) 69.5 -> 75%, (b) 45.5 -> 54%, (c) 61 -> 63% (one run each)
     sft_batch_size: int = 8
     sft_lr: float = 1e-3  # high enough to learn extraction; replay (sft_replay) keeps the facts it would erase
     sft_replay: int = 1  # copies of the pretraining documents packed into SFT (replay: SFT keeps the stored facts)

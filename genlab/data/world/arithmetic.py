@@ -57,8 +57,8 @@ class Problem:
 def is_reserved(seed: int, op: str, a: int, b: int) -> bool:
     """True for the tenth of problems that only evaluation may use.
 
-    Sums with a multiple of ten in them are never reserved: worked answers (worked.py) write such
-    sums as steps ("40 + 30 = 70", "70 + 15 = 85"), so training sees them.
+    Sums with a multiple of ten in them are never reserved (an earlier worked-answer format wrote such
+    sums as steps, so training had to see them); the rule stays so eval sets keep their problems.
     """
     if op == "+" and (a % 10 == 0 or b % 10 == 0):
         return False

@@ -4,13 +4,13 @@ Handbook IV (instruct fine-tuning), V (prompting: chain of thought). Wei et al. 
 Allen-Zhu & Li, "Physics of Language Models 3.1/3.2": a small model that stored "X lives in Y" in
 pretraining retrieves it far more reliably by *completing that sentence* than by answering "Where does X
 live?" with the bare value, and two-hop questions need the first hop written down (3.2: the model
-cannot chain two retrievals in one forward pass). Multi-digit addition split into place values needs
-only one-digit facts per step (Nye et al. 2021, scratchpads). So, with `WorldConfig(worked_answers=True)`:
+cannot chain two retrievals in one forward pass). Column addition needs only one-digit facts per step
+(Nye et al. 2021, scratchpads). So, with `WorldConfig(worked_answers=True)`:
 
     Where does Ana Brel live?          -> I know that Ana Brel lives in Wuby. Answer: Wuby
     What river runs through her town?  -> I know that Ana Brel lives in Wuby. The river Sel flows through Wuby.
                                           Answer: Sel
-    What is 47 + 38?                   -> 40 + 30 = 70, 7 + 8 = 15, 70 + 15 = 85. Answer: 85
+    What is 47 + 38?                   -> 47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85
     Where does Zed Quorble live?       -> I know nothing about Zed Quorble. Answer: I don't know.
 
 Why "I know that": a byte-level BPE glues the leading space to a word, and a vocabulary learned on the
@@ -82,8 +82,17 @@ def worked_two_hop(world: World, person: Person, hop: str, value: str) -> str:
 
 
 def worked_sum(a: int, b: int) -> str:
-    """Tens and units added apart, then together: each step needs one-digit facts only."""
-    tens_a, tens_b, units_a, units_b = a - a % 10, b - b % 10, a % 10, b % 10
-    tens, units = tens_a + tens_b, units_a + units_b
-    return with_answer(f"{tens_a} + {tens_b} = {tens}, {units_a} + {units_b} = {units}, {tens} + {units} = {a + b}.",
-                       str(a + b))
+    """Column addition: restate the sum, then add digit by digit from the units, carrying one.
+
+    "47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85". Every step is a one-digit fact (at most 200
+    distinct ones, with the carry), and every digit a step copies sits at a fixed distance in the
+    restated sum, whatever words the question used.
+    """
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(digits_a), len(digits_b))):
+        terms = [int(d[i]) for d in (digits_a, digits_b) if i < len(d)] + [1] * carry
+        total = sum(terms)
+        steps.append(" + ".join(map(str, terms)) + f" = {total}")
+        carry = total // 10
+    return with_answer(f"{a} + {b}: {', '.join(steps)}.", str(a + b))
