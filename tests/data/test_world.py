@@ -66,6 +66,9 @@ def test_default_scale_meets_the_minimums(world, data):
              if n in it["messages"][0]["content"]}
     assert asked == set(world.splits["extraction"])  # every extraction person is tested
     assert len(data["prefs"]) >= 200 and len(data["verifiable"]) >= 200
+    sums = [v for v in data["verifiable"] if v["kind"] == "arithmetic"]  # the worked kind only: 2-digit sums
+    assert len(sums) >= 100 and all(len(re.findall(r"\b[1-9]\d\b", v["messages"][0]["content"])) == 2
+                                    and int(v["answer"]) < 199 for v in sums)
     assert len(data["private"]["documents"]) >= 50 and len(data["private"]["questions"]) >= 150
     assert {t["kind"] for t in data["tools"]} == {"calculator", "lookup", "lookup_miss", "direct"}
     kinds = {c["kind"] for c in data["sft"]}

@@ -99,14 +99,20 @@ def preference_pairs(world: World) -> list[dict]:
 
 
 def verifiable_prompts(world: World) -> list[dict]:
-    """[{"messages", "answer", "kind"}]: prompts whose answer a program can check exactly."""
+    """[{"messages", "answer", "kind"}]: prompts whose answer a program can check exactly.
+
+    Half are 2-digit sums, a quarter facts and a quarter two-hop facts about SFT people. RL from
+    verifiable rewards sharpens what the policy sometimes gets right: a group whose samples are all wrong
+    has zero advantage and teaches nothing. So the arithmetic is the kind SFT teaches with worked steps
+    (`worked.worked_sum`); the speedrun model answers 3-digit sums, differences and products (bare
+    values) almost never right, and with them in the mix GRPO saw rewards of 0-2%.
+    """
     rng = rng_for(world.config, "verifiable")
     people = world.people_in("sft")
     items = []
     for i in range(2 * world.config.eval_size):
         if i % 2 == 0:
-            problem = arithmetic.sample_problem(rng, world.config.seed,
-                                                rng.choice(arithmetic.TRAIN_KINDS), False)
+            problem = arithmetic.sample_problem(rng, world.config.seed, "add2", False)
             prompt, answer = arithmetic.question(rng, problem), str(problem.answer)
             kind = "arithmetic"
         elif i % 4 == 1:
