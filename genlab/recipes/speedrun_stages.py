@@ -39,7 +39,7 @@ class StageBudgets:
 
 
 def rag_sources_for(seq_len: int) -> int:
-    """Sources per RAG prompt that fit the context: ~190 / 295 / 390 tokens for 1 / 2 / 3 sources with an answer."""
+    """Sources per RAG prompt that fit the context: at most ~190 / 305 / 440 prompt tokens for 1 / 2 / 3 sources."""
     return 3 if seq_len >= 512 else 2 if seq_len >= 384 else 1
 
 

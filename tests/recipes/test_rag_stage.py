@@ -69,7 +69,8 @@ def test_conversations_round_trip_through_build_prompt_and_parse_citations(world
         question, hits = _parse(user)
         assert 1 <= len(hits) <= 3
         sizes.add(len(hits))
-        assert build_prompt(question, hits, RAGConfig(k=len(hits))) == user  # exactly the answer-time format
+        # exactly the answer-time format
+        assert build_prompt(question, hits, RAGConfig(k=len(hits), template=RagStageConfig().template)) == user
         about = [n for n, h in enumerate(hits, 1) if _subject(h) in question]
         if conv["kind"] == "rag_idk":
             assert reply == IDK_ANSWER and parse_citations(reply, len(hits)) == [] and about == []

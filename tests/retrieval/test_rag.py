@@ -11,8 +11,8 @@ import pytest
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.retrieval.knowledge import Hit
-from genlab.retrieval.rag import (ExtractiveGenerator, OpenAICompatibleGenerator, RAGConfig, RAGPipeline, build_prompt,
-                                  parse_citations)
+from genlab.retrieval.rag import (COMPACT_PROMPT_TEMPLATE, ExtractiveGenerator, OpenAICompatibleGenerator, RAGConfig,
+                                  RAGPipeline, build_prompt, parse_citations)
 
 HITS = [Hit(1, 1, "zoo.md", "The zoo opens at 9 am. Tickets cost 12 euros.", 0.9, 0, 40, {}),
         Hit(2, 2, "park.md", "The park has a lake with ducks.", 0.5, 0, 31, {})]
@@ -79,3 +79,11 @@ def test_extractive_baseline_quotes_and_cites_the_best_sentence():
     assert gen(build_prompt("How much do zoo tickets cost?", HITS)) == "Tickets cost 12 euros. [1]"
     assert gen(build_prompt("Where are the ducks?", HITS)).endswith("[2]")
     assert "do not know" in gen(build_prompt("Quantum chromodynamics?", HITS))
+
+
+def test_compact_layout_is_the_full_one_without_instructions():
+    compact = RAGConfig(template=COMPACT_PROMPT_TEMPLATE)
+    full, short = build_prompt("How much do zoo tickets cost?", HITS), build_prompt("How much do zoo tickets cost?",
+                                                                                     HITS, compact)
+    assert full.endswith(short) and full.startswith("Answer the question") and short.startswith("Sources:\n[1]")
+    assert ExtractiveGenerator()(short) == "Tickets cost 12 euros. [1]"  # sources parse the same way
