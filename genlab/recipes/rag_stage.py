@@ -107,15 +107,15 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
                           follow_ups: int = 0, template: str = COMPACT_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
     """`n` chats [{"messages": [user, assistant, ...], "kind": "rag" | "rag_idk"}].
 
-    The user turn is `build_prompt(question, sources)` in `template`'s layout with k sources (a fifth
-    of prompts use fewer, as a prompt trimmed to fit the context would); the assistant turn is
-    `cite(fact, position)`, or `IDK_ANSWER` when no source is about the person asked (share `idk_rate`). With probability
-    `friend_rate` one distractor is the subject's best friend, whose document also names the subject.
-    The right source is first with probability `first_rate` (a retriever ranks it first most of the
-    time: hybrid search does for 91% of the private questions), else at a uniformly random position.
-    `follow_ups` extra turns "Question: ...\nAnswer:" ask about the people in the same sources (or,
-    at `idk_rate`, someone absent): each costs ~25 tokens instead of a whole new prompt, so reading
-    the sources gets several trained answers per prompt.
+    The user turn is `build_prompt(question, sources)` in `template`'s layout with k sources (a fifth of
+    prompts use fewer, as a prompt trimmed to fit the context would); the assistant turn is
+    `cite(fact, position)`, or `IDK_ANSWER` when no source is about the person asked (share `idk_rate`).
+    With probability `friend_rate` one distractor is the subject's best friend, whose document also
+    names the subject. The right source is first with probability `first_rate` (a retriever ranks it
+    first most of the time: hybrid search does for 91% of the private questions), else at a uniformly
+    random position. `follow_ups` extra turns "Question: ...\nAnswer:" ask about the people in the same
+    sources (or, at `idk_rate`, someone absent): each costs ~25 tokens instead of a whole new prompt, so
+    reading the sources gets several trained answers per prompt.
     """
     if n < 0 or k < 1 or follow_ups < 0:
         raise ConfigError(f"rag_sft_conversations needs n >= 0, k >= 1 and follow_ups >= 0, got n={n}, k={k}, "
@@ -271,8 +271,8 @@ def run_rag_stage(model, tokenizer, world: World, config: RagStageConfig | None 
     if generate is None:
         with_rag = generate_answers(model, tokenizer, prompts, config.max_tokens, batch_size=config.batch_size)
     else:
-        layout = [RAGConfig(k=max(1, len(h)), template=config.template) for h in shown]
-        with_rag = list(generate([build_prompt(it["question"], h, c) for it, h, c in zip(items, shown, layout)]))
+        with_rag = list(generate([build_prompt(it["question"], h, RAGConfig(k=max(1, len(h)), template=config.template))
+                                  for it, h in zip(items, shown)]))
     bare = [render_chat(item["messages"], tokenizer, add_generation_prompt=True)[0] for item in items]
     without = generate_answers(model, tokenizer, bare, config.max_tokens, batch_size=config.batch_size)
 

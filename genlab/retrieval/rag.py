@@ -21,23 +21,20 @@ from typing import Callable, Protocol
 from genlab.errors import ConfigError, GenlabError
 from genlab.retrieval.knowledge import Hit
 
-PROMPT_TEMPLATE = """Answer the question using only the numbered sources below. Cite the sources you use \
-by their number in square brackets, like [1]. If the sources do not contain the answer, say that you \
-do not know.
-
-Sources:
-{sources}
-
-Question: {question}
-Answer:"""
-
-# The same layout without the instructions (~85 tokens with a small model's BPE): for a model fine-tuned on
-# this format (the speedrun's RAG stage), which learns to cite and to say "I don't know" from its examples.
+# The sources and the question alone: for a model fine-tuned on this layout (the speedrun's RAG stage), which
+# learns to cite and to say "I don't know" from its examples and is spared the instructions (~85 tokens with a
+# small model's BPE).
 COMPACT_PROMPT_TEMPLATE = """Sources:
 {sources}
 
 Question: {question}
 Answer:"""
+
+PROMPT_TEMPLATE = """Answer the question using only the numbered sources below. Cite the sources you use \
+by their number in square brackets, like [1]. If the sources do not contain the answer, say that you \
+do not know.
+
+""" + COMPACT_PROMPT_TEMPLATE
 
 _SOURCE_BLOCK = re.compile(r"^\[(\d+)\] \(([^)\n]*)\)\n(.*?)(?=^\[\d+\] \(|^Question: )", re.S | re.M)
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
