@@ -24,8 +24,9 @@ def speedrun(
     align: Optional[str] = typer.Option(None, help="After SFT: reward model + preference tuning (dpo, ipo, kto, orpo, simpo, "
                                              "robust, hinge)."),
     rl: Optional[str] = typer.Option(None, help="After SFT: reward model + RL with verifiable rewards (grpo)."),
-    retrieval: bool = typer.Option(False, "--retrieval", help="Teach SFT the sources-question-answer format and score "
-                                   "RAG on private documents (hybrid BM25 + MiniLM)."),
+    retrieval: bool = typer.Option(False, "--retrieval", help="After SFT: fine-tune a copy on the sources-question-answer "
+                                   "format and score RAG on private documents (hybrid BM25 + MiniLM)."),
+    rag_steps: Optional[int] = typer.Option(None, help="Steps of the --retrieval fine-tune (default 1600, ~15 minutes)."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     runs_root: str = typer.Option("runs", help="Where run directories go."),
     name: Optional[str] = typer.Option(None, help="Run name (default: speedrun-<timestamp>)."),
@@ -44,6 +45,7 @@ def speedrun(
     try:
         cfg = SpeedrunConfig.preset("quick" if quick else "default", steps=steps, sft_steps=sft_steps,
                                     sft_lr=sft_lr, sft_replay=sft_replay, sft_method=sft_method, align=align, rl=rl, retrieval=retrieval or None,
+                                    rag_steps=rag_steps,
                                     threads=threads, runs_root=runs_root, name=name, seed=seed)
     except GenlabError as e:
         fail(str(e))

@@ -1,16 +1,9 @@
-"""The speedrun's retrieval stage: RAG training conversations, and the RAG bar on private documents.
+"""The speedrun's retrieval stage: the RAG bar on private documents.
 
 Handbook V (retrieval-augmented generation); Lewis et al. 2020, "Retrieval-Augmented Generation for
-Knowledge-Intensive NLP Tasks". Two halves:
+Knowledge-Intensive NLP Tasks". The model answering here is fine-tuned on the context-question-answer
+format by `genlab.recipes.rag_training` (made-up people only, so nothing about the private people leaks).
 
-* `rag_sft_conversations(world, n, seed)`: context-question-answer chats in exactly the prompt format
-  `genlab.retrieval.rag.build_prompt` renders at answer time (numbered sources, then the question);
-  the assistant answers with the short fact and cites its source by number ("Answer: Wuby [2]"). The sources
-  describe made-up people drawn by the world's name maker from a separate stream that refuses every
-  name the world already uses, so no private person (nor anyone else in the world) leaks into
-  training. Each prompt puts the right document among distractors (often the subject's best friend,
-  whose document names the subject too), first half the time as a retriever would, else anywhere; a
-  share of questions asks about someone absent from the sources, answered with "I don't know."
 * `run_rag_stage(model, tokenizer, world, config, run_dir)`: index the world's private documents
   (people no training data mentions) in a `KnowledgeBase` (SQLite + FTS5 BM25, genlab's MiniLM
   encoder, hybrid by reciprocal rank fusion), measure retrieval hit@5 / MRR over the private
@@ -30,7 +23,6 @@ extrapolate past trained lengths). A prompt that does not fit loses its lowest-r
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from collections import Counter
@@ -39,10 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from genlab.data.chat import render_chat
-from genlab.data.world import IDK_ANSWER, World, normalize_answer, private_documents, questions, vocab
-from genlab.data.world.entities import NameMaker, make_group  # the world's own generators, new stream
-from genlab.data.world.extras import profile_document  # the record-card / prose-bio shapes of private documents
-from genlab.data.world.worked import ANSWER_MARK, final_answer
+from genlab.data.world import World, normalize_answer, private_documents
+from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.evals.generative import generate_answers
 from genlab.retrieval.chunking import ChunkConfig
@@ -53,8 +43,6 @@ from genlab.retrieval.rag import COMPACT_PROMPT_TEMPLATE, RAGConfig, build_promp
 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")  # the [n] / [n, m] groups parse_citations reads
 HIT_K = 5  # the retrieval bar's cutoff
-# Source labels of training documents: the id is only a header, so vary it (eval ids read "private-0012").
-_ID_PREFIXES = ("doc", "record", "profile", "card", "note", "entry", "private", "lookup", "file")
 
 
 def strip_citations(answer: str) -> str:
@@ -62,108 +50,9 @@ def strip_citations(answer: str) -> str:
     return _CITATION.sub("", answer).strip()
 
 
-def cite(answer: str, source_number: int) -> str:
-    """The cited reply the RAG conversations teach: "Answer: Wuby [2]".
-
-    The "Answer:" lead keeps the value's leading space, so the reply spells it with the same BPE tokens
-    as the source ("Home town: Wuby"); a reply that opens with the value spells it with others ("W" "uby"),
-    and copying a name never seen in training then fails.
-    """
-    return f"{ANSWER_MARK} {answer} [{source_number}]"
-
-
 def rag_correct(output: str, answer: str) -> bool:
     """Exact match of the cited reply's final answer (a worked reply ends "Answer: Wuby [2]")."""
     return normalize_answer(final_answer(strip_citations(output))) == normalize_answer(answer)
-
-
-# ------------------------------------------------------------------------------------------------
-# training conversations
-# ------------------------------------------------------------------------------------------------
-def _made_up_people(world: World, n: int, rng: random.Random) -> list:
-    """`n` (even) people with world towns, invented by the name maker from a separate stream.
-
-    The maker refuses every word already used by any world name (people, pets, towns, rivers,
-    private, lookup and made-up "I don't know" names), so none of them can reappear here.
-    """
-    names = NameMaker(rng)
-    taken = world.all_names() + [p.pet_name for p in world.people + world.private_people + world.lookup_people]
-    taken += [t.name for t in world.towns] + [t.river for t in world.towns]
-    names.used |= {word.lower() for name in taken for word in name.split()}
-    return make_group(n + n % 2, "rag", world.towns, rng, names)
-
-
-def _question(rng: random.Random, person, attr: str) -> str:
-    template = rng.choice(questions.SFT_QUESTIONS[attr])
-    return template.format(name=person.name, poss=vocab.PRONOUNS[person.pronoun][2])
-
-
-def _hit(n: int, source: str, text: str) -> Hit:
-    return Hit(chunk_id=n, doc_id=n, source=source, text=text, score=0.0, start=0, end=len(text), metadata={})
-
-
-def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate: float = 0.1,
-                          friend_rate: float = 0.5, first_rate: float = 0.5,
-                          follow_ups: int = 0, template: str = COMPACT_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
-    """`n` chats [{"messages": [user, assistant, ...], "kind": "rag" | "rag_idk"}].
-
-    The user turn is `build_prompt(question, sources)` in `template`'s layout with k sources (a fifth of
-    prompts use fewer, as a prompt trimmed to fit the context would); the assistant turn is
-    `cite(fact, position)`, or `IDK_ANSWER` when no source is about the person asked (share `idk_rate`).
-    With probability `friend_rate` one distractor is the subject's best friend, whose document also
-    names the subject. The right source is first with probability `first_rate` (a retriever ranks it
-    first most of the time: hybrid search does for 91% of the private questions), else at a uniformly
-    random position. `follow_ups` extra turns "Question: ...\nAnswer:" ask about the people in the same
-    sources (or, at `idk_rate`, someone absent): each costs ~25 tokens instead of a whole new prompt, so
-    reading the sources gets several trained answers per prompt.
-    """
-    if n < 0 or k < 1 or follow_ups < 0:
-        raise ConfigError(f"rag_sft_conversations needs n >= 0, k >= 1 and follow_ups >= 0, got n={n}, k={k}, "
-                          f"follow_ups={follow_ups}")
-    if not all(0 <= rate <= 1 for rate in (idk_rate, friend_rate, first_rate)):
-        raise ConfigError("idk_rate, friend_rate and first_rate must lie in [0, 1]")
-    rng = random.Random(f"genlab-rag-sft:{world.config.seed}:{seed}")
-    people = _made_up_people(world, max(n, 4 * k + 4), rng)
-    by_name = {p.name: i for i, p in enumerate(people)}
-    docs = []
-    for person in people:
-        doc_id = f"{rng.choice(_ID_PREFIXES)}-{rng.randrange(10_000):04d}"
-        docs.append((doc_id, profile_document(world, person, rng, doc_id)))
-    out = []
-    for i in range(n):
-        subject = i % len(people)
-        n_sources = k if k == 1 or rng.random() < 0.8 else rng.randint(1, k - 1)
-        absent = rng.random() < idk_rate
-        others = [j for j in rng.sample(range(len(people)), min(len(people), n_sources + 2)) if j != subject]
-        friend = by_name[people[subject].friend]
-        if rng.random() < friend_rate:
-            others = [friend] + [j for j in others if j != friend]
-        chosen = others[:n_sources] if absent else others[:n_sources - 1]
-        rng.shuffle(chosen)
-        position = None
-        if not absent:
-            position = 0 if rng.random() < first_rate else rng.randrange(n_sources)
-            chosen.insert(position, subject)
-        attr = rng.choice(questions.FACT_ATTRIBUTES)
-        hits = [_hit(j, *docs[j]) for j in chosen]
-        prompt = build_prompt(_question(rng, people[subject], attr), hits,
-                              RAGConfig(k=max(1, len(hits)), template=template))
-        answer = IDK_ANSWER if absent else cite(people[subject].fact(attr), position + 1)
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        for _ in range(follow_ups):
-            if rng.random() < idk_rate:  # someone who is in none of the sources
-                person = people[rng.choice([j for j in others[n_sources:] + [subject] if j not in chosen] or [subject])]
-                if subject in chosen and person is people[subject]:
-                    continue
-                attr, reply = rng.choice(questions.FACT_ATTRIBUTES), IDK_ANSWER
-            else:  # every profile states every fact
-                number = rng.randrange(len(chosen))
-                person, attr = people[chosen[number]], rng.choice(questions.FACT_ATTRIBUTES)
-                reply = cite(person.fact(attr), number + 1)
-            messages += [{"role": "user", "content": f"Question: {_question(rng, person, attr)}\nAnswer:"},
-                         {"role": "assistant", "content": reply}]
-        out.append({"messages": messages, "kind": "rag_idk" if absent else "rag"})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,7 +63,7 @@ class RagStageConfig:
     k: int = 3  # sources in the answer prompt (about 90 tokens each); hit@k bounds the accuracy
     mode: str = "hybrid"  # "hybrid" (BM25 + MiniLM by RRF), "vector" or "bm25"
     chunk_tokens: int = 200  # MiniLM word pieces per chunk: every private document fits in one
-    max_tokens: int = 24  # generated tokens per answer
+    max_tokens: int = 48  # generated tokens per answer (a worked reply quotes a line: ~35 for a friend's name)
     batch_size: int = 32  # prompts of equal length decoded together
     limit: int | None = None  # private questions to score (None: all)
     n_samples: int = 6
@@ -312,7 +201,11 @@ def rag_report_table(result: dict[str, Any]) -> str:
     lines = ["## Retrieval-augmented answers on private documents",
              "",
              f"{result['n_questions']} questions about {result['n_documents']} people who appear in no training "
-             f"data; exact match after removing citations ({result['seconds']:.0f} s).",
+             f"data; exact match after removing citations ({result['seconds']:.0f} s)."
+             + (f" The answering model is the SFT model fine-tuned {result['finetune']['steps']} steps "
+                f"({result['finetune']['seconds']:.0f} s) on source-question-answer chats about made-up people "
+                "and repeat chats (`genlab.recipes.rag_training`); its report-card row is \"rag\"."
+                if "finetune" in result else ""),
              "",
              "| measure | value | bar |", "|---|---:|---|"]
     lines += [f"| {name} | {value:.3f} | {bar} |" for name, value, bar in rows]

@@ -43,9 +43,7 @@ from genlab.inference.sampling import SamplingParams
 from genlab.models import ModelConfig, Transformer
 from genlab.models.hf_io import load_pretrained, save_pretrained
 from genlab.recipes.curve import AccuracyCurve
-from genlab.recipes.rag_stage import rag_sft_conversations
-from genlab.recipes.speedrun_stages import (StageBudgets, check_stage_options, rag_sources_for, run_optional_stages,
-                                             stages_report)
+from genlab.recipes.speedrun_stages import StageBudgets, check_stage_options, run_optional_stages, stages_report
 from genlab.recipes.plots import plot_curves, plot_grouped_bars, plot_loss_curves
 from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
@@ -88,8 +86,8 @@ class SpeedrunConfig:
     eval_limit: int | None = 200  # items per eval set (None: all)
     align: str | None = None  # preference stage after SFT: dpo, ipo, kto, orpo, simpo, ... (adds a reward model)
     rl: str | None = None  # RL stage after SFT: grpo (adds a reward model)
-    retrieval: bool = False  # RAG stage: SFT also learns the sources-question-answer format; scored on private docs
-    rag_conversations: int = 1500  # context-question-answer conversations added to SFT when retrieval is on
+    retrieval: bool = False  # RAG stage: a copy of the SFT model learns the sources-question-answer format;
+    rag_steps: int = 1600  # its fine-tuning steps (~15 minutes); it is scored on private documents
     stage_steps: int = 50  # steps of each alignment stage (each also stops at stage_seconds)
     stage_seconds: float = 150.0
     curve_every: int = 300  # probe the eval sets every this many pretraining steps (0: no accuracy curve)
@@ -116,7 +114,7 @@ class SpeedrunConfig:
             "quick": dict(world_scale=0.25, real_text_bytes=50_000, vocab_size=768, d_model=64, n_layer=2, n_head=4,
                           seq_len=128, batch_size=8, steps=50, warmup=5, eval_every=25, sft_steps=20,
                           sft_batch_size=8, eval_limit=20, few_shot_k=2, arithmetic_practice=200, curve_every=25,
-                          curve_limit=8, stage_steps=4, stage_seconds=30.0, rag_conversations=60, world_repeats=1,
+                          curve_limit=8, stage_steps=4, stage_seconds=30.0, rag_steps=6, world_repeats=1,
                           sft_lr=1e-3,
                           threads=1),  # a tiny model runs no faster on 2 threads, and much slower on a busy machine
         }
@@ -241,16 +239,12 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         write_results(base_eval, run / "eval_base.json")
 
     trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
-    sft_conversations_all = conversations
-    if cfg.retrieval:  # made-up people's documents as numbered sources: nothing about the private people leaks
-        sft_conversations_all = conversations + rag_sft_conversations(world, cfg.rag_conversations, cfg.seed,
-                                                                           k=rag_sources_for(cfg.seq_len))
-    sft_data = SFTDataset(sft_conversations_all, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
+    sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
                           documents=(world_encoded + real_encoded) * cfg.sft_replay)
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
     with _timed(timings, "sft"):
-        hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(sft_conversations_all)} conversations "
+        hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(conversations)} conversations "
                            f"+ {(len(world_encoded) + len(real_encoded)) * cfg.sft_replay} replayed documents "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
@@ -281,7 +275,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     extra, extra_rows = run_optional_stages(
         model, tokenizer, world, run, run / "model", align=cfg.align, rl=cfg.rl, retrieval=cfg.retrieval,
         budgets=StageBudgets(reward_steps=cfg.stage_steps, align_steps=cfg.stage_steps, grpo_steps=cfg.stage_steps,
-                             seconds_per_stage=cfg.stage_seconds, rag_limit=cfg.eval_limit),
+                             seconds_per_stage=cfg.stage_seconds, rag_limit=cfg.eval_limit, rag_steps=cfg.rag_steps),
         seed=cfg.seed, stage=hooks.stage, training=hooks.training, timed=timed, card_row=card_row)
     stages["sft"].update(extra.pop("sft_extra", {}))
     stages.update(extra_rows)
@@ -309,7 +303,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         "pretrain": {"steps": pre.steps, "tokens": pre.steps * pre_cfg.tokens_per_step,
                      "tokens_per_s": round(pre.tokens_per_s, 1), "final_train_loss": pre.losses[-1],
                      "final_val_loss": pre.final_val_loss, "options": pre.options},
-        "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(sft_conversations_all), "final_loss": sft.losses[-1],
+        "sft": {"method": cfg.sft_method, "trainable_parameters": trainable, "steps": sft.steps, "conversations": len(conversations), "final_loss": sft.losses[-1],
                 "tokens_per_s": round(sft.tokens_per_s, 1)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "accuracy_curve": curve.points,

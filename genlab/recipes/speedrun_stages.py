@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
+from genlab.data.chat import save_tokenizer_dir
 from genlab.data.world import World
 from genlab.errors import ConfigError
 from genlab.finetune.preference_trainer import LOSSES
+from genlab.models.hf_io import load_pretrained, save_pretrained
 from genlab.recipes.align_stages import (DPOStageConfig, GRPOStageConfig, RewardStageConfig, dpo_stage, grpo_stage,
                                          reward_model_stage, sft_alignment_metrics)
 from genlab.recipes.rag_stage import RagStageConfig, rag_report_table, run_rag_stage
+from genlab.recipes.rag_training import RagTuneConfig, rag_finetune
 from genlab.recipes.report import markdown_table
 
 ALIGN_LOSSES = LOSSES
@@ -36,6 +39,7 @@ class StageBudgets:
     grpo_steps: int = 50
     seconds_per_stage: float | None = 150.0
     rag_limit: int | None = None  # private questions scored (None: all)
+    rag_steps: int = 1600  # RAG fine-tune steps (no wall-clock cap: the bar needs them all)
 
 
 def rag_sources_for(seq_len: int) -> int:
@@ -56,9 +60,9 @@ def run_optional_stages(model, tokenizer, world: World, run: Path, sft_dir: Path
                         card_row: Callable[[Any], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run what was asked; returns (summary additions, report-card rows for the trained stages).
 
-    `model` (in memory) is only read; trained stages start from the saved SFT model in `sft_dir` (merged and fully
-    trainable, whatever the SFT method was). `stage`, `training` and `timed` are the speedrun's hooks and
-    stopwatch; `card_row(model_dir)` scores a saved model on the report card's sets (a)-(e).
+    `model` (in memory) is only read; trained stages (the RAG fine-tune too) start from the saved SFT model in
+    `sft_dir` (merged and fully trainable, whatever the SFT method was). `stage`, `training` and `timed` are the
+    speedrun's hooks and stopwatch; `card_row(model_dir)` scores a saved model on the report card's sets (a)-(e).
     """
     check_stage_options(align, rl)
     out: dict[str, Any] = {}
@@ -85,10 +89,20 @@ def run_optional_stages(model, tokenizer, world: World, run: Path, sft_dir: Path
             out[rl] = grpo_stage(sft_dir, world, cfg, run / rl, tokenizer=tokenizer, callback=callback)
         rows[rl] = card_row(run / rl / "model")
     if retrieval:
+        stage("rag fine-tune", "sources-question-answer chats about made-up people, plus repeat chats")
+        rag_model = load_pretrained(sft_dir)
+        k = rag_sources_for(rag_model.config.max_seq_len)
+        with timed("rag_finetune"), training("rag fine-tune", budgets.rag_steps) as callback:
+            tuned = rag_finetune(rag_model, tokenizer, world, RagTuneConfig(steps=budgets.rag_steps, k=k, seed=seed),
+                                 run / "rag" / "train", callback)
+        save_pretrained(rag_model, run / "rag" / "model")
+        save_tokenizer_dir(tokenizer, run / "rag" / "model", model_max_length=rag_model.config.max_seq_len)
         stage("retrieval", "hybrid BM25 + MiniLM over private documents, answers with and without sources")
         with timed("rag"):
-            out["rag"] = run_rag_stage(model, tokenizer, world, RagStageConfig(k=rag_sources_for(model.config.max_seq_len),
-                                                                                   limit=budgets.rag_limit), run / "rag")
+            out["rag"] = run_rag_stage(rag_model, tokenizer, world, RagStageConfig(k=k, limit=budgets.rag_limit),
+                                       run / "rag")
+        out["rag"]["finetune"] = {key: tuned[key] for key in ("steps", "rows", "final_loss", "seconds")}
+        rows["rag"] = card_row(run / "rag" / "model")
     return out, rows
 
 

@@ -1,6 +1,6 @@
-"""The speedrun's retrieval stage: RAG training chats in the answer-time format, no leak of private
-people, and the RAG bar's scoring (retrieval hit@5 with genlab's MiniLM; an oracle passes, a wrong
-generator fails). Budget: ~25 s on one thread.
+"""The speedrun's retrieval stage: RAG training chats in the answer-time format with worked (quoted)
+replies, repeat chats, no leak of private people, the fine-tune, and the RAG bar's scoring (retrieval
+hit@5 with genlab's MiniLM; an oracle passes, a wrong generator fails). Budget: ~30 s on one thread.
 
     python -m pytest -q tests/recipes/test_rag_stage.py
 """
@@ -13,11 +13,13 @@ import torch
 
 from genlab.data.chat import CHAT_SPECIAL_TOKENS
 from genlab.data.world import IDK_ANSWER, WorldConfig, build_world, private_documents
+from genlab.data.world.extras import card_line
 from genlab.data.world.worked import final_answer
 from genlab.errors import ConfigError
 from genlab.models import ModelConfig, Transformer
 from genlab.recipes.rag_stage import (RagStageConfig, chance_accuracy, fit_prompt, model_generator, rag_correct,
-                                      rag_report_table, rag_sft_conversations, run_rag_stage, strip_citations)
+                                      rag_report_table, run_rag_stage, strip_citations)
+from genlab.recipes.rag_training import RagTuneConfig, copy_conversations, rag_finetune, rag_sft_conversations
 from genlab.retrieval.knowledge import Hit
 from genlab.retrieval.rag import RAGConfig, build_prompt, parse_citations
 from genlab.tokenizers import BPETokenizer
@@ -78,17 +80,49 @@ def test_conversations_round_trip_through_build_prompt_and_parse_citations(world
         cited = parse_citations(reply, len(hits))
         assert cited == about and len(cited) == 1  # one citation: the subject's own document
         positions.add(cited[0])
-        assert reply.startswith("Answer: ")
+        quote, _, answer = reply.partition(". Answer: ")  # worked: the fact's record-card line, then the answer
         fact = final_answer(strip_citations(reply))
-        assert fact and fact.lower() in hits[cited[0] - 1].text.lower()
+        source = hits[cited[0] - 1].text
+        assert fact and fact.lower() in source.lower() and fact in quote and answer.startswith(fact)
+        assert re.fullmatch(r"[A-Z][a-z ]+: .+", quote) and (quote in source or "\nName: " not in source)
         assert rag_correct(reply, fact) and not rag_correct(reply, fact + "x")
     assert sizes == {1, 2, 3} and positions == {1, 2, 3}
     turns = convs[0]["messages"]
     assert len(turns) == 6 and turns[2]["content"].startswith("Question: ") and turns[2]["content"].endswith("\nAnswer:")
 
 
+def test_profiles_are_titled_so_the_subject_outranks_the_friend(world):
+    docs = private_documents(world)["documents"]
+    assert all(d["text"].startswith(d["title"] + "\n") for d in docs)
+    cards = [d for d in docs if "\nName: " in d["text"]]
+    assert cards and len(cards) < len(docs)  # both shapes
+
+
+def test_worked_reply_quotes_the_card_line(world):
+    person = world.people[0]
+    assert card_line(world, person, "job") == f"Occupation: {person.job}"
+    assert card_line(world, person, "pet_name").endswith(f" named {person.pet_name}")
+    plain = rag_sft_conversations(world, 30, seed=2, worked=False)
+    worked = rag_sft_conversations(world, 30, seed=2)
+    for a, b in zip(plain, worked):
+        for m, n in zip(a["messages"], b["messages"]):
+            assert m["content"] == n["content"] or (m["content"].startswith("Answer: ")
+                                                    and n["content"].endswith(". " + m["content"]))
+
+
+def test_copy_conversations_repeat_their_items(world):
+    chats = copy_conversations(world, 50, seed=1)
+    assert len(chats) == 50 and chats == copy_conversations(world, 50, seed=1) != copy_conversations(world, 50, seed=2)
+    for chat in chats:
+        user, reply = chat["messages"][0]["content"], chat["messages"][1]["content"]
+        assert user == f"Repeat: {reply}" and 3 <= len(reply.split(", ")) <= 8
+    with pytest.raises(ConfigError):
+        copy_conversations(world, 5, seed=0, min_items=0)
+
+
 def test_no_world_person_appears_in_rag_training_data(world):
-    text = "\n".join(m["content"] for c in rag_sft_conversations(world, 400, seed=0, follow_ups=1) for m in c["messages"])
+    chats = rag_sft_conversations(world, 400, seed=0, follow_ups=1) + copy_conversations(world, 400, seed=0)
+    text = "\n".join(m["content"] for c in chats for m in c["messages"])
     words = set(re.findall(r"[A-Za-z]+", text))
     private = {w for p in world.private_people for w in (*p.name.split(), p.pet_name)}
     assert not private & words
@@ -165,3 +199,17 @@ def test_run_rag_stage_retrieval_bar_and_scoring(world, embedder, tiny_chat_mode
     wrong = run_rag_stage(model, tokenizer, world, config, tmp_path, embedder=embedder,
                           generate=lambda prompts: ["Nobody Atall [1]"] * len(prompts))
     assert wrong["accuracy_with_retrieval"] == 0.0 and wrong["citation_accuracy"] == 0.0
+
+
+def test_rag_finetune_trains_the_model_in_place(world, tiny_chat_model):
+    model, tokenizer = tiny_chat_model
+    model = Transformer(ModelConfig.llama_like(vocab_size=tokenizer.vocab_size, d_model=32, n_layer=1, n_head=2,
+                                               max_seq_len=256))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = rag_finetune(model, tokenizer, world, RagTuneConfig(steps=30, batch_size=4, lr=1e-2))
+    assert result["steps"] == 30 and result["rows"] >= 120 and not model.training
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result["final_loss"] < result["first_loss"] - 0.5  # it learns the format (the reply's fixed tokens)
+    assert RagTuneConfig(steps=10).conversations == 75 and RagTuneConfig(steps=10).copy_conversations == 100
+    with pytest.raises(ConfigError):
+        RagTuneConfig(steps=0)

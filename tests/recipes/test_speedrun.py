@@ -80,5 +80,7 @@ def test_retrieval_stage_adds_rag_keys_and_report_section(tmp_path):
     for key in ("accuracy_with_retrieval", "accuracy_without_retrieval"):
         assert 0.0 <= rag[key] <= 1.0
     world_convs = len(sft_conversations(build_world(WorldConfig(seed=cfg.seed, scale=cfg.world_scale))))
-    assert result.summary["sft"]["conversations"] == world_convs + cfg.rag_conversations  # the RAG format joined SFT
+    assert result.summary["sft"]["conversations"] == world_convs  # SFT is the same with or without the stage
+    assert rag["finetune"]["steps"] == cfg.rag_steps and (result.run_dir / "rag" / "model" / "model.safetensors").exists()
+    assert set(result.summary["stages"]["rag"]) >= {"qa_new_phrasings", "json_valid"}  # its report-card row
     assert "Retrieval-augmented answers on private documents" in (result.run_dir / "report.md").read_text()

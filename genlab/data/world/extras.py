@@ -127,19 +127,39 @@ def verifiable_prompts(world: World) -> list[dict]:
     return items
 
 
+# The record card's line for each fact attribute (both pet facts share the "Pet" line).
+_CARD_LINES = {"town": "Home town: {town}", "job": "Occupation: {job}", "age": "Age: {age}",
+               "pet_species": "Pet: {a_species} named {pet}", "pet_name": "Pet: {a_species} named {pet}",
+               "colour": "Favourite colour: {colour}", "hobby": "Hobby: {hobby}", "friend": "Best friend: {friend}"}
+
+
+def card_line(world: World, person: Person, attribute: str) -> str:
+    """The record-card line stating `attribute` of `person` ("Occupation: fisher")."""
+    return _CARD_LINES[attribute].format(**person_slots(world, person))
+
+
+def profile_title(person: Person) -> str:
+    return f"About {person.name}"
+
+
 def profile_document(world: World, person: Person, rng: random.Random, doc_id: str) -> str:
-    """A record card or a short prose biography: retrieval should handle both shapes."""
+    """A record card or a short prose biography (retrieval should handle both shapes) under its title.
+
+    The title heads the text, as DPR indexes a passage with its title (Karpukhin et al. 2020): without it a card,
+    which names its subject once, ties in BM25 with the best friend's document, which names them once too (hybrid
+    search ranked the friend's document first for 12 of 150 private questions, all about card subjects).
+    """
     slots = person_slots(world, person)
     if rng.random() < 0.5:
-        return "\n".join([f"Record {doc_id}", f"Name: {person.name}", f"Home town: {person.town}",
-                          f"Occupation: {person.job}", f"Age: {person.age}",
-                          f"Pet: {slots['a_species']} named {person.pet_name}",
-                          f"Favourite colour: {person.colour}", f"Hobby: {person.hobby}",
-                          f"Best friend: {person.friend}"])
-    sentences = [capitalise(rng.choice(pool).format(**slots))
-                 for pool in templates.BIO_SENTENCES.values()]
-    rng.shuffle(sentences)
-    return " ".join(sentences)
+        lines = [_CARD_LINES[attr].format(**slots) for attr in
+                 ("town", "job", "age", "pet_name", "colour", "hobby", "friend")]
+        body = "\n".join([f"Record {doc_id}", f"Name: {person.name}", *lines])
+    else:
+        sentences = [capitalise(rng.choice(pool).format(**slots))
+                     for pool in templates.BIO_SENTENCES.values()]
+        rng.shuffle(sentences)
+        body = " ".join(sentences)
+    return f"{profile_title(person)}\n{body}"
 
 
 def _documents(world: World, people: list[Person], prefix: str, purpose: str) -> list[dict]:
@@ -147,7 +167,7 @@ def _documents(world: World, people: list[Person], prefix: str, purpose: str) ->
     docs = []
     for i, person in enumerate(people):
         doc_id = f"{prefix}-{i:04d}"
-        docs.append({"id": doc_id, "title": f"About {person.name}",
+        docs.append({"id": doc_id, "title": profile_title(person),
                      "text": profile_document(world, person, rng, doc_id)})
     return docs
 
