@@ -12,11 +12,11 @@ format by `genlab.recipes.rag_training` (made-up people only, so nothing about t
   only guess, so the gap is what retrieval buys.
 
 Lengths with the speedrun's tokenizer (vocab 2048), in the compact layout (`COMPACT_PROMPT_TEMPLATE`: the
-sources and the question without instructions, which cost ~85 tokens): the answer prompt is about 145 / 230 /
-335 tokens (at most 190 / 305 / 440) for k = 1 / 2 / 3 sources, and each follow-up turn adds about 28, so
-k = 1 fits a 256-token model with room for the answer, and k = 3 needs max_seq_len >= 512 (RoPE does not
-extrapolate past trained lengths). A prompt that does not fit loses its lowest-ranked sources
-(`fit_prompt`); the result reports how many sources the prompts kept on average.
+sources and the question without instructions, which cost ~85 tokens): the answer prompt is about 155 / 280 /
+400 tokens (at most 196 / 331 / 462) for k = 1 / 2 / 3 titled sources, so k = 1 fits a 256-token model with room
+for a worked answer (max_tokens 48), and k = 3 needs max_seq_len >= 512 (RoPE does not extrapolate past trained
+lengths). A prompt that does not fit loses its lowest-ranked sources (`fit_prompt`); the result reports how many
+sources the prompts kept on average.
 
     python -m pytest -q tests/recipes/test_rag_stage.py
 """

@@ -99,8 +99,9 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
     document also names the subject. The right source is first with probability `first_rate` (a retriever
     ranks it first most of the time: hybrid search does for 91% of the private questions), else at a
     uniformly random position. `follow_ups` extra turns "Question: ...\\nAnswer:" ask about the people in the
-    same sources (or, at `idk_rate`, someone absent): each costs ~30 tokens instead of a whole new prompt,
-    so reading the sources gets several trained answers per prompt.
+    same sources (or, at `idk_rate`, someone absent): each costs ~40 tokens instead of a whole new prompt,
+    so reading the sources gets several trained answers per prompt. (With k = 1 and 3 follow-ups a chat is ~320
+    tokens; a 256-token row keeps the prompt and the first two or three answers.)
     """
     if n < 0 or k < 1 or follow_ups < 0:
         raise ConfigError(f"rag_sft_conversations needs n >= 0, k >= 1 and follow_ups >= 0, got n={n}, k={k}, "
