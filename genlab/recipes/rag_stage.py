@@ -203,8 +203,9 @@ def rag_report_table(result: dict[str, Any]) -> str:
              f"{result['n_questions']} questions about {result['n_documents']} people who appear in no training "
              f"data; exact match after removing citations ({result['seconds']:.0f} s)."
              + (f" The answering model is the SFT model fine-tuned {result['finetune']['steps']} steps "
-                f"({result['finetune']['seconds']:.0f} s) on source-question-answer chats about made-up people "
-                "and repeat chats (`genlab.recipes.rag_training`); its report-card row is \"rag\"."
+                f"({result['finetune']['seconds']:.0f} s) on source-question-answer chats about made-up people, "
+                "repeat chats and the world's SFT chats (`genlab.recipes.rag_training`); its report-card row is "
+                "\"rag\"."
                 if "finetune" in result else ""),
              "",
              "| measure | value | bar |", "|---|---:|---|"]
