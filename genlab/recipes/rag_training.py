@@ -97,7 +97,7 @@ def rag_sft_conversations(world: World, n: int, seed: int, k: int = 3, idk_rate:
     `cite(fact, position, card line if worked)`, or `IDK_ANSWER` when no source is about the person asked
     (share `idk_rate`). With probability `friend_rate` one distractor is the subject's best friend, whose
     document also names the subject. The right source is first with probability `first_rate` (a retriever
-    ranks it first most of the time: hybrid search does for 91% of the private questions), else at a
+    ranks it first most of the time: hybrid search does for all 150 private questions), else at a
     uniformly random position. `follow_ups` extra turns "Question: ...\\nAnswer:" ask about the people in the
     same sources (or, at `idk_rate`, someone absent): each costs ~40 tokens instead of a whole new prompt,
     so reading the sources gets several trained answers per prompt. (With k = 1 and 3 follow-ups a chat is ~320
