@@ -202,7 +202,7 @@ def test_run_rag_stage_retrieval_bar_and_scoring(world, embedder, tiny_chat_mode
 
 
 def test_rag_finetune_trains_the_model_in_place(world, tiny_chat_model):
-    model, tokenizer = tiny_chat_model
+    _, tokenizer = tiny_chat_model  # its tokenizer; the model here is a fresh one with a 256-token context
     model = Transformer(ModelConfig.llama_like(vocab_size=tokenizer.vocab_size, d_model=32, n_layer=1, n_head=2,
                                                max_seq_len=256))
     before = {k: v.clone() for k, v in model.state_dict().items()}
