@@ -91,10 +91,11 @@ def decode_attention(q, k_store, v_store, tables, lens, scale, window, out):
             kv = h // group
             top = -np.inf
             for t in range(first, n):
-                block, slot = tables[s, t // bs], t % bs
-                if t // bs < last_block:  # blocks are scattered: the hardware prefetcher cannot guess the next one
+                b, slot = t // bs, t % bs
+                block = tables[s, b]
+                if b < last_block:  # blocks are scattered: the hardware prefetcher cannot guess the next one
                     for d in range(0, D, CACHE_LINE_FLOATS):
-                        prefetch(k_store, kv, tables[s, t // bs + 1], slot, d)
+                        prefetch(k_store, kv, tables[s, b + 1], slot, d)
                 dot = zero
                 for d in range(D):
                     dot += q[s, h, d] * k_store[kv, block, slot, d]
@@ -108,10 +109,11 @@ def decode_attention(q, k_store, v_store, tables, lens, scale, window, out):
                 total += e
             acc[:] = 0.0
             for t in range(first, n):
-                block, slot = tables[s, t // bs], t % bs
-                if t // bs < last_block:
+                b, slot = t // bs, t % bs
+                block = tables[s, b]
+                if b < last_block:
                     for d in range(0, D, CACHE_LINE_FLOATS):
-                        prefetch(v_store, kv, tables[s, t // bs + 1], slot, d)
+                        prefetch(v_store, kv, tables[s, b + 1], slot, d)
                 w = scores[t]
                 for d in range(D):
                     acc[d] += w * v_store[kv, block, slot, d]
