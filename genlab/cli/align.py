@@ -66,15 +66,18 @@ def _pairs(data: Optional[Path], world_seed: int, world_scale: float, held_out: 
     return held_out_split(preference_pairs(world), held_out, world.config.seed)
 
 
-def _prompts(data: Optional[Path], world_seed: int, world_scale: float, held_out: float, seed: int):
+def _prompts(data: Optional[Path], world_seed: int, world_scale: float, held_out: float, seed: int,
+             fresh_sums: int = 0):
+    """(train, held-out) prompts from --data or the world; the world's training side gains `fresh_sums` 2-digit sums."""
     from genlab.finetune.preference_data import held_out_split
 
     if data is not None:
         return held_out_split(_read_jsonl(data, ("messages", "answer")), held_out, seed)
-    from genlab.data.world import WorldConfig, build_world, verifiable_prompts
+    from genlab.data.world import WorldConfig, build_world, verifiable_prompts, verifiable_sums
 
     world = build_world(WorldConfig(world_seed, world_scale))
-    return held_out_split(verifiable_prompts(world), held_out, world.config.seed)
+    train, held = held_out_split(verifiable_prompts(world), held_out, world.config.seed)
+    return train + verifiable_sums(world, fresh_sums, avoid=held), held
 
 
 def _finish(run_dir: Path, lm, tok, method: str, rows: list[dict], curves: tuple[str, ...], result: dict[str, Any],
@@ -247,6 +250,10 @@ def grpo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS, wor
          lr: float = typer.Option(5e-5), kl_coef: float = typer.Option(0.04), max_new_tokens: int = typer.Option(48, help="Room for a worked answer."),
          temperature: float = typer.Option(1.0), seed: int = typer.Option(0), method: str = METHOD,
          rank: int = typer.Option(16, "--rank", "-r"), time_budget: Optional[float] = typer.Option(None),
+         fresh_sums: int = typer.Option(3000, help="Extra 2-digit sums to train on (world prompts only; never a "
+                                        "held-out sum): the world's ~100 training sums alone get memorised."),
+         loss_type: str = typer.Option("grpo", help="grpo (token mean per sequence) or dr_grpo (token sum / "
+                                       "max_new_tokens)."),
          run_dir: Path = typer.Option(Path("runs/grpo"))) -> None:
     """GRPO with verifiable (exact-match) rewards: group-normalised advantages, clipped objective, k3 KL."""
     from genlab.cli.progress import TrainProgress
@@ -254,9 +261,10 @@ def grpo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS, wor
     from genlab.finetune.rollouts import FrozenReference, chat_task
 
     lm, tok = _load(model, method, rank)
-    train_items, held_items = _prompts(data, world_seed, world_scale, held_out, seed)
+    train_items, held_items = _prompts(data, world_seed, world_scale, held_out, seed, fresh_sums)
     cfg = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, lr=lr, kl_coef=kl_coef,
-                     max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, time_budget_s=time_budget)
+                     max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, time_budget_s=time_budget,
+                     loss_type=loss_type)
     before = _rl_eval(lm, tok, held_items)
     reference = FrozenReference(lm)  # a copy, or the LoRA base
     trainer = GRPOTrainer(lm, chat_task(tok, train_items), cfg, ref_model=None if reference.mode == "adapters" else reference.model)

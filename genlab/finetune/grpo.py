@@ -30,7 +30,7 @@ from torch import nn
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.finetune.align_loop import IndexStream, MetricsFile, StepCallback
-from genlab.finetune.rl import group_advantages, grpo_loss, kl_penalty, masked_mean
+from genlab.finetune.rl import GRPO_LOSS_TYPES, group_advantages, grpo_loss, kl_penalty, masked_mean
 from genlab.finetune.rollouts import (FrozenReference, RLResult, RLTask, rollout_batch, sample_completions,
                                       token_logprobs_of)
 from genlab.train.optim import build_optimizer, set_lr
@@ -56,6 +56,7 @@ class GRPOConfig:
     kl_coef: float = 0.04  # β of the k3 KL term (DeepSeekMath's 0.04); 0 = no reference needed
     iterations: int = 1  # μ: optimizer steps per batch of samples
     scale_rewards: bool = True  # divide by the group std (False: Dr. GRPO centring only)
+    loss_type: str = "grpo"  # grpo (per-sequence token mean) | dr_grpo (token sum / max_new_tokens), rl.grpo_loss
     reference: str = "auto"  # auto | copy | adapters (rollouts.FrozenReference)
     eval_every: int = 0
     seed: int = 0
@@ -68,6 +69,8 @@ class GRPOConfig:
             raise ConfigError(f"GRPO needs group_size >= 2, got {self.group_size}")
         if self.prompts_per_step < 1 or self.iterations < 1 or self.max_new_tokens < 1:
             raise ConfigError("prompts_per_step, iterations and max_new_tokens must be >= 1")
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise ConfigError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
         if self.reference not in ("auto", "copy", "adapters"):
             raise ConfigError(f"reference must be auto, copy or adapters, got {self.reference!r}")
 
@@ -106,7 +109,7 @@ class GRPOTrainer:
         for _ in range(cfg.iterations):
             logprobs = token_logprobs_of(self.model, batch)
             loss = grpo_loss(logprobs, logprobs.detach() if old is None else old, advantages, mask, ref,
-                             cfg.clip_eps, cfg.kl_coef)
+                             cfg.clip_eps, cfg.kl_coef, cfg.loss_type, cfg.max_new_tokens)
             if not math.isfinite(float(loss.detach())):
                 raise GenlabError(f"GRPO diverged: loss is {float(loss.detach())} (lower lr)")
             loss.backward()

@@ -153,10 +153,22 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     return 0.5 * masked_mean(per_token, mask)
 
 
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo")
+
+
 def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-              ref_logprobs: Tensor | None = None, clip_eps: float = 0.2, kl_coef: float = 0.0) -> Tensor:
+              ref_logprobs: Tensor | None = None, clip_eps: float = 0.2, kl_coef: float = 0.0,
+              loss_type: str = "grpo", max_tokens: int | None = None) -> Tensor:
     """GRPO objective (Shao et al. 2024, Eq. 3) as a loss: clipped surrogate with one advantage per sequence
-    plus β·k3 KL to the reference, averaged over each sequence's tokens and then over sequences."""
+    plus β·k3 KL to the reference.
+
+    loss_type "grpo" averages over each sequence's tokens, then over sequences (the paper). "dr_grpo" (Liu et al.
+    2025, trl's loss_type="dr_grpo") sums over tokens and divides by rows × `max_tokens` (the generation budget;
+    default: the tensors' width), a constant: a token shared by a group's samples then gets weights that sum to
+    zero over the group, whereas 1/|o| weights a short sample's tokens more than a long one's.
+    """
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
     ratio = torch.exp(logprobs - old_logprobs)
@@ -165,4 +177,6 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
         if ref_logprobs is None:
             raise ConfigError("grpo_loss with kl_coef > 0 needs ref_logprobs")
         per_token = per_token + kl_coef * kl_penalty(logprobs, ref_logprobs, "k3")
+    if loss_type == "dr_grpo":
+        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * (max_tokens or per_token.shape[1]))
     return masked_mean(per_token, mask, dim=1).mean()

@@ -38,6 +38,7 @@ class StageBudgets:
     align_steps: int = 50
     grpo_steps: int = 50
     seconds_per_stage: float | None = 150.0
+    grpo_seconds: float | None = 900.0  # GRPO needs more: held-out exact match moved only after ~50 steps
     rag_limit: int | None = None  # private questions scored (None: all)
     rag_steps: int = 1600  # RAG fine-tune steps (no wall-clock cap: the bar needs them all)
 
@@ -86,7 +87,7 @@ def run_optional_stages(model, tokenizer, world: World, run: Path, sft_dir: Path
     if rl:
         stage(rl, "group-normalised policy gradient on verifiable prompts from the SFT model")
         with timed(rl), training(rl, budgets.grpo_steps) as callback:
-            cfg = GRPOStageConfig(steps=budgets.grpo_steps, seed=seed, time_budget_s=seconds)
+            cfg = GRPOStageConfig(steps=budgets.grpo_steps, seed=seed, time_budget_s=budgets.grpo_seconds)
             out[rl] = grpo_stage(sft_dir, world, cfg, run / rl, tokenizer=tokenizer, callback=callback)
         rows[rl] = card_row(run / rl / "model")
     if retrieval:

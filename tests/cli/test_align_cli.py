@@ -84,7 +84,7 @@ def test_reward_then_ppo_with_the_reward_model(model_dir, tmp_path):
 def test_grpo_reports_exact_match_and_kl(model_dir, tmp_path):
     run = tmp_path / "grpo"
     invoke("grpo", model_dir, *WORLD, "--steps", 2, "--prompts-per-step", 2, "--group-size", 3,
-           "--max-new-tokens", 4, "--run-dir", run)
+           "--max-new-tokens", 4, "--fresh-sums", 50, "--loss-type", "dr_grpo", "--run-dir", run)
     result = json.loads((run / "result.json").read_text())
     assert {"verifiable_exact_match", "verifiable_exact_match_before", "kl_to_reference"} <= set(result)
     assert result["kl_to_reference"] >= 0.0
@@ -93,6 +93,7 @@ def test_grpo_reports_exact_match_and_kl(model_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["dpo", "--data", "/no/such/pairs.jsonl"], "JSONL file not found"),
     (["dpo", "--loss", "kto"], "--loss takes"),
+    (["grpo", "--loss-type", "bnpo"], "loss_type must be one of grpo, dr_grpo"),
 ])
 def test_user_errors_are_one_line(model_dir, tmp_path, args, message):
     out = subprocess.run([sys.executable, "-m", "genlab.cli.main", args[0], str(model_dir), *args[1:],

@@ -124,6 +124,27 @@ def test_grpo_loss_on_policy_equals_minus_mean_advantage():
         grpo_loss(lp, lp, adv, mask, kl_coef=0.1)
 
 
+def test_dr_grpo_loss_divides_by_a_constant():
+    lp = torch.randn(3, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]).float()
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    # on-policy: -(5 * 1 + 2 * -2 + 3 * 0.5) / (3 rows * 5 tokens)
+    assert grpo_loss(lp, lp, adv, mask, loss_type="dr_grpo").item() == pytest.approx(-2.5 / 15)
+    assert grpo_loss(lp, lp, adv, mask, loss_type="dr_grpo", max_tokens=10).item() == pytest.approx(-2.5 / 30)
+    with pytest.raises(ConfigError, match="loss_type"):
+        grpo_loss(lp, lp, adv, mask, loss_type="bnpo")
+
+
+def test_dr_grpo_gives_a_shared_prefix_no_net_gradient():
+    # two samples of one group share their first two tokens; one is right (A = +1) and short, one wrong and long
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).float()
+    adv = torch.tensor([1.0, -1.0])
+    for loss_type, shared_grad in (("dr_grpo", 0.0), ("grpo", -1 / (2 * 3) + 1 / (2 * 4))):
+        lp = torch.full((2, 4), -1.0, requires_grad=True)
+        grpo_loss(lp, lp.detach(), adv, mask, loss_type=loss_type).backward()
+        assert (lp.grad[0, :2] + lp.grad[1, :2]).tolist() == pytest.approx([shared_grad] * 2)
+
+
 def test_masked_helpers():
     x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 100.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]])

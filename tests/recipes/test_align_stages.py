@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from genlab.data.chat import CHAT_SPECIAL_TOKENS
-from genlab.data.world import WorldConfig, build_world, pretraining_documents, preference_pairs, verifiable_prompts
+from genlab.data.world import (WorldConfig, build_world, pretraining_documents, preference_pairs, verifiable_prompts,
+                               verifiable_sums)
+from genlab.data.world.arithmetic import is_reserved
 from genlab.models import ModelConfig, Transformer
 from genlab.recipes import align_stages as A
 from genlab.tokenizers import BPETokenizer
@@ -54,6 +56,20 @@ def test_splits_are_disjoint_and_stable(world):
     train, held = A.verifiable_split(world)
     assert len(train) + len(held) == len(verifiable_prompts(world))
     assert not {p["messages"][0]["content"] for p in train} & {p["messages"][0]["content"] for p in held}
+
+
+def test_fresh_training_sums_avoid_held_out_and_reserved_sums(world):
+    _, held = A.verifiable_split(world)
+    held_sums = {tuple(sorted(p["operands"])) for p in held if p["kind"] == "arithmetic"}
+    assert len(held_sums) >= 5
+    sums = verifiable_sums(world, 2000, avoid=held)
+    assert len(sums) == 2000 and sums == verifiable_sums(world, 2000, avoid=held)
+    for item in sums:
+        a, b = item["operands"]
+        assert item["answer"] == str(a + b) and 10 <= a <= 99 and 10 <= b <= 99
+        assert tuple(sorted((a, b))) not in held_sums and not is_reserved(world.config.seed, "+", a, b)
+    # without `avoid`, 2000 draws from ~3,600 sums do hit held-out ones: the exclusion is what keeps them out
+    assert any(tuple(sorted(p["operands"])) in held_sums for p in verifiable_sums(world, 2000))
 
 
 def test_sft_alignment_metrics(chat_model, world):

@@ -14,12 +14,12 @@ from genlab.data.world.evalsets import eval_sets, exact_match, json_item_ok, nor
 from genlab.data.world.export import export_jsonl, read_jsonl, write_jsonl
 from genlab.data.world.extras import (TOOL_SYSTEM_PROMPT, lookup_documents, preference_pairs,
                                       private_documents, run_calculator, tool_traces,
-                                      verifiable_prompts)
+                                      verifiable_prompts, verifiable_sums)
 
 __all__ = [
     "IDK_ANSWER", "TOOL_SYSTEM_PROMPT", "Person", "Town", "World", "WorldConfig", "build_world",
     "eval_sets", "exact_match", "export_jsonl", "json_item_ok", "lookup_documents",
     "normalize_answer", "preference_pairs", "pretraining_documents", "private_documents",
-    "read_jsonl", "run_calculator", "sft_conversations", "tool_traces", "verifiable_prompts",
+    "read_jsonl", "run_calculator", "sft_conversations", "tool_traces", "verifiable_prompts", "verifiable_sums",
     "write_jsonl",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from typing import Mapping, Sequence
 
 from genlab.data.world import arithmetic, questions, templates
 from genlab.data.world.conversations import (IDK_ANSWER, arithmetic_answer, ask, fact_reply, idk_answer, msg,
@@ -112,10 +113,9 @@ def verifiable_prompts(world: World) -> list[dict]:
     items = []
     for i in range(2 * world.config.eval_size):
         if i % 2 == 0:
-            problem = arithmetic.sample_problem(rng, world.config.seed, "add2", False)
-            prompt, answer = arithmetic.question(rng, problem), str(problem.answer)
-            kind = "arithmetic"
-        elif i % 4 == 1:
+            items.append(_sum_item(rng, arithmetic.sample_problem(rng, world.config.seed, "add2", False)))
+            continue
+        if i % 4 == 1:
             person, attr = rng.choice(people), rng.choice(questions.FACT_ATTRIBUTES)
             prompt = ask(rng.choice(questions.SFT_QUESTIONS[attr]), world, person.name)
             answer, kind = person.fact(attr), "fact"
@@ -125,6 +125,27 @@ def verifiable_prompts(world: World) -> list[dict]:
             answer, kind = two_hop_answer(world, person, hop), "two_hop"
         items.append({"messages": [msg("user", prompt)], "answer": answer, "kind": kind})
     return items
+
+
+def verifiable_sums(world: World, n: int, avoid: Sequence[Mapping] = ()) -> list[dict]:
+    """`n` more 2-digit-sum verifiable prompts, none of them a sum in `avoid` (either operand order).
+
+    RL needs more prompts than `verifiable_prompts` has: GRPO on its ~100 training sums memorised them and
+    lost on held-out ones, while thousands of fresh sums teach the procedure. Pass the held-out prompts as
+    `avoid` so evaluation stays unseen (eval-reserved problems are never drawn either)."""
+    taken = {tuple(sorted(item["operands"])) for item in avoid if item.get("kind") == "arithmetic"}
+    rng = rng_for(world.config, "verifiable-sums")
+    items: list[dict] = []
+    while len(items) < n:
+        problem = arithmetic.sample_problem(rng, world.config.seed, "add2", False)
+        if tuple(sorted((problem.a, problem.b))) not in taken:
+            items.append(_sum_item(rng, problem))
+    return items
+
+
+def _sum_item(rng: random.Random, problem: arithmetic.Problem) -> dict:
+    return {"messages": [msg("user", arithmetic.question(rng, problem))], "answer": str(problem.answer),
+            "kind": "arithmetic", "operands": [problem.a, problem.b]}
 
 
 # The record card's line for each fact attribute (both pet facts share the "Pet" line).
