@@ -130,9 +130,10 @@ def verifiable_prompts(world: World) -> list[dict]:
 def verifiable_sums(world: World, n: int, avoid: Sequence[Mapping] = ()) -> list[dict]:
     """`n` more 2-digit-sum verifiable prompts, none of them a sum in `avoid` (either operand order).
 
-    RL needs more prompts than `verifiable_prompts` has: GRPO on its ~100 training sums memorised them and
-    lost on held-out ones, while thousands of fresh sums teach the procedure. Pass the held-out prompts as
-    `avoid` so evaluation stays unseen (eval-reserved problems are never drawn either)."""
+    RL needs more prompts than `verifiable_prompts` has: repeated over and over, its ~100 training sums teach
+    the answers to those sums rather than the procedure (genlab.recipes.align_stages.GRPOStageConfig has the
+    figures). Pass the held-out prompts as `avoid` so evaluation stays unseen (eval-reserved problems are never
+    drawn either)."""
     taken = {tuple(sorted(item["operands"])) for item in avoid if item.get("kind") == "arithmetic"}
     rng = rng_for(world.config, "verifiable-sums")
     items: list[dict] = []
