@@ -251,7 +251,7 @@ def grpo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS, wor
          temperature: float = typer.Option(1.0), seed: int = typer.Option(0), method: str = METHOD,
          rank: int = typer.Option(16, "--rank", "-r"), time_budget: Optional[float] = typer.Option(None),
          fresh_sums: int = typer.Option(3000, help="Extra 2-digit sums to train on (world prompts only; never a "
-                                        "held-out sum): the world's ~100 training sums alone get memorised."),
+                                        "held-out sum): on the world's ~100 training sums alone GRPO gained less."),
          loss_type: str = typer.Option("grpo", help="grpo (token mean per sequence) or dr_grpo (token sum / "
                                        "max_new_tokens)."),
          run_dir: Path = typer.Option(Path("runs/grpo"))) -> None:

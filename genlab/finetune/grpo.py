@@ -30,7 +30,7 @@ from torch import nn
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.finetune.align_loop import IndexStream, MetricsFile, StepCallback
-from genlab.finetune.rl import GRPO_LOSS_TYPES, group_advantages, grpo_loss, kl_penalty, masked_mean
+from genlab.finetune.rl import check_grpo_loss_type, group_advantages, grpo_loss, kl_penalty, masked_mean
 from genlab.finetune.rollouts import (FrozenReference, RLResult, RLTask, rollout_batch, sample_completions,
                                       token_logprobs_of)
 from genlab.train.optim import build_optimizer, set_lr
@@ -69,8 +69,7 @@ class GRPOConfig:
             raise ConfigError(f"GRPO needs group_size >= 2, got {self.group_size}")
         if self.prompts_per_step < 1 or self.iterations < 1 or self.max_new_tokens < 1:
             raise ConfigError("prompts_per_step, iterations and max_new_tokens must be >= 1")
-        if self.loss_type not in GRPO_LOSS_TYPES:
-            raise ConfigError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
+        check_grpo_loss_type(self.loss_type)
         if self.reference not in ("auto", "copy", "adapters"):
             raise ConfigError(f"reference must be auto, copy or adapters, got {self.reference!r}")
 

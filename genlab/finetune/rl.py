@@ -156,6 +156,11 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo")
 
 
+def check_grpo_loss_type(loss_type: str) -> None:
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+
+
 def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
               ref_logprobs: Tensor | None = None, clip_eps: float = 0.2, kl_coef: float = 0.0,
               loss_type: str = "grpo", max_tokens: int | None = None) -> Tensor:
@@ -167,8 +172,7 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     default: the tensors' width), a constant: a token shared by a group's samples then gets weights that sum to
     zero over the group, whereas 1/|o| weights a short sample's tokens more than a long one's.
     """
-    if loss_type not in GRPO_LOSS_TYPES:
-        raise ConfigError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    check_grpo_loss_type(loss_type)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
     ratio = torch.exp(logprobs - old_logprobs)
