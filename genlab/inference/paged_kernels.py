@@ -50,6 +50,9 @@ except ImportError:  # pragma: no cover - the serve and test extras install numb
         return args[0] if args and callable(args[0]) else (lambda f: f)
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
+LOG2_E = 1.4426950408889634
+LN2_HI = 0.693359375  # ln 2 = LN2_HI + LN2_LO; LN2_HI has 9 significant bits, so k * LN2_HI is exact for |k| < 2^15
+LN2_LO = math.log(2.0) - LN2_HI
 CACHE_LINE_FLOATS = 16  # one 64-byte cache line of float32 (float64 rows get every other line: still a head start)
 
 if AVAILABLE:
@@ -70,6 +73,59 @@ if AVAILABLE:
             builder.call(hint, [address, i32(0), i32(3), i32(1)])
             return context.get_dummy_value()
         return types.void(array, types.intp, types.intp, types.intp, types.intp), codegen
+
+    @intrinsic
+    def pow2(typingctx, k):
+        """2.0 ** k for an integral float k in the normal exponent range, built from its bit pattern (exact;
+        the same type as k). Unlike a library call it vectorises, which is what `shifted_exp` needs."""
+        if k not in (types.float32, types.float64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            single = signature.args[0] == types.float32
+            int_type = ir.IntType(32 if single else 64)
+            exponent = builder.add(builder.fptosi(args[0], int_type), int_type(127 if single else 1023))
+            bits = builder.shl(exponent, int_type(23 if single else 52))
+            return builder.bitcast(bits, context.get_value_type(signature.return_type))
+        return k(k), codegen
+
+
+@njit(**_JIT)
+def shifted_exp(x, first, n, top):
+    """x[t] <- exp(x[t] - top) for t in [first, n), x[t] <= top; returns their sum.
+
+    numba's math.exp is a scalar library call (no SVML here), and it was ~1/6 of decode attention's
+    time. This is the textbook vectorisable form: exp(v) = 2^k exp(r), k = round(v / ln 2),
+    r = v - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two, Cody & Waite, so k ln2_hi is exact), exp(r)
+    by its Taylor polynomial to degree 12 (truncation < 2e-16 relative: float64-exact, so float32 too),
+    2^k from its bit pattern (`pow2`). Arguments below -87 are clamped there: exp(-87) ~ 1.6e-38 next
+    to the largest term, 1. Measured against the math.exp loop in one process, interleaved, on 2-core dev
+    machine: decode attention for 64 sequences of 24-184 keys, 4 heads of 64, 1.22 -> 1.04 ms (best of 30).
+    """
+    f = x.dtype.type
+    y = x[first:n]  # a loop from 0 over a view: no negative-index wraparound check, so LLVM vectorises it
+    total = f(0)
+    for t in range(y.shape[0]):
+        v = max(y[t] - top, f(-87.0))
+        k = np.floor(v * f(LOG2_E) + f(0.5))
+        r = (v - k * f(LN2_HI)) - k * f(LN2_LO)
+        p = f(1 / 479001600)  # Horner over 1/12!, 1/11!, ..., 1/0!
+        p = p * r + f(1 / 39916800)
+        p = p * r + f(1 / 3628800)
+        p = p * r + f(1 / 362880)
+        p = p * r + f(1 / 40320)
+        p = p * r + f(1 / 5040)
+        p = p * r + f(1 / 720)
+        p = p * r + f(1 / 120)
+        p = p * r + f(1 / 24)
+        p = p * r + f(1 / 6)
+        p = p * r + f(0.5)
+        p = p * r + f(1.0)
+        p = p * r + f(1.0)
+        e = p * pow2(k)
+        y[t] = e
+        total += e
+    return total
 
 
 @njit(**_JIT)
@@ -102,11 +158,7 @@ def decode_attention(q, k_store, v_store, tables, lens, scale, window, out):
                 dot *= scale
                 scores[t] = dot
                 top = max(top, dot)
-            total = zero
-            for t in range(first, n):
-                e = math.exp(scores[t] - top)
-                scores[t] = e
-                total += e
+            total = shifted_exp(scores, first, n, top)
             acc[:] = 0.0
             for t in range(first, n):
                 b, slot = t // bs, t % bs

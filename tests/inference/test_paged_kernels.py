@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.inference.paged_kernels import decode_attention
+from genlab.inference.paged_kernels import decode_attention, shifted_exp
 
 
 def _case(dtype, n_head=4, n_kv=2, block_size=4, num_blocks=48, lens=(1, 4, 5, 17, 31), seed=0):
@@ -59,3 +59,20 @@ def test_kernel_result_does_not_depend_on_the_batch():
         decode_attention(q[s:s + 1].numpy(), k.numpy(), v.numpy(), tables[s:s + 1], lens[s:s + 1], scale, 0,
                          alone.numpy())
         assert torch.equal(alone[0], batch[s])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 4e-7), (np.float64, 5e-15)])
+def test_shifted_exp_matches_exp_and_sums_the_slice_only(dtype, rtol):
+    """The vectorised exp (range reduction + Taylor polynomial + 2^k from bits) against float64 np.exp,
+    over the whole range softmax meets; outside [first, n) nothing changes; below -87 it clamps."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-90, 0, 5000), [0.0, -0.5 * math.log(2), 0.5 * math.log(2) - 1, -87.0, -200.0]])
+    x = (x + 3.0).astype(dtype)  # top = 3: the shift is part of what is computed
+    y = x.copy()
+    total = shifted_exp(y, 7, len(x) - 3, dtype(3.0))
+    np.testing.assert_array_equal(y[:7], x[:7])
+    np.testing.assert_array_equal(y[-3:], x[-3:])
+    exact = np.exp(np.maximum((x[7:-3] - dtype(3.0)).astype(np.float64), -87.0))  # the shift rounds in dtype
+    np.testing.assert_allclose(y[7:-3], exact, rtol=rtol, atol=0)
+    assert total == pytest.approx(exact.sum(), rel=rtol)
+    assert y[7:-3].dtype == dtype and (y[7:-3] > 0).all()
