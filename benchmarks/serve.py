@@ -21,14 +21,16 @@ as shipped (sdpa attention, its default dynamic cache).
     of the whole call (prefill included). Greedy outputs are compared token for token.
 (2) 64 concurrent requests, a serving mix: prompts of varied lengths (24..prompt_tokens) and
     per-request max_tokens spread evenly over [conc_new/8, 2*conc_new - conc_new/8] (shuffled). The
-    live genlab server (uvicorn in this process, a free localhost port, /v1/completions streamed and
-    not streamed, prompts sent as token ids, 64 httpx requests at once from a separate client process,
-    so the load generator's parsing does not hold the server's GIL) vs transformers batched
+    live genlab server as `genlab serve` runs it (uvicorn in this process, the engine in a spawned process
+    of its own, genlab.serve.engine_process; a free localhost port, /v1/completions streamed and not
+    streamed, prompts sent as token ids, 64 httpx requests at once from a separate client process, so
+    the load generator's parsing does not hold the server's GIL) vs transformers batched
     `generate` (left padding) on the same prompts: static batching must run every row to the longest
     request, then each row is cut to its own max_tokens (for the identity check). Both sides count
     only the requested tokens; tok/s = requested tokens / wall time. TTFT/TPOT p50 are measured by
     the client on the streamed chunks (and read from /metrics). The offline engine
-    (LLMEngine.generate on all 64) is shown too, to separate engine from HTTP cost.
+    (LLMEngine.generate on all 64) is shown too, to separate engine from HTTP cost, and the server
+    with the engine stepped by a thread of the server process instead (AsyncEngine: one GIL for both).
 (3) speculative decoding (genlab.inference.speculative): wall time of plain target greedy decoding
     (genlab.inference.generate) over speculative greedy decoding with the trained draft model and with
     n-gram prompt lookup, outputs asserted identical, on two prompt sets: held-out code ("code") and
@@ -331,10 +333,16 @@ def concurrent_max_tokens(count: int, mean: int) -> list[int]:
     return [values[j] for j in order]
 
 
+def server_row(front: str, streamed: bool) -> str:
+    where = "engine process" if front == "process" else "engine thread"
+    return f"genlab server, {where} (HTTP, {'streamed' if streamed else 'not streamed'})"
+
+
 def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int]) -> dict:
     """Everyone gets the same prompts and per-request max_tokens; only requested tokens count."""
     from genlab.inference.engine import EngineConfig, LLMEngine
     from genlab.serve.app import create_app
+    from genlab.serve.engine_process import EngineProcess, EngineSpec
 
     config = EngineConfig(max_num_seqs=len(prompts))
     requested = sum(max_news)
@@ -357,21 +365,23 @@ def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int]) -> dic
     from concurrent.futures import ProcessPoolExecutor
 
     runs = {}
+    spec = EngineSpec.from_model(target, tokenizer, config, stop_token_ids=[], num_threads=torch.get_num_threads())
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
         client.submit(time.sleep, 0).result()  # the client process is started (and imports done) before timing
-        for streamed in (False, True):
-            server_engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
-            server, thread, base_url = start_server(create_app(server_engine, MODEL_NAME))
-            try:
-                wall, raw, metrics = client.submit(client_process, base_url, prompts, max_news, streamed).result()
-                runs[streamed] = (wall, [StreamTiming(**t) for t in raw], metrics)
-            finally:
-                server.should_exit = True
-                thread.join(timeout=60)
-            wall, timings, _ = runs[streamed]
-            name = "genlab server (HTTP, streamed)" if streamed else "genlab server (HTTP, not streamed)"
-            rows[name] = {"tok_s": sum(t.tokens for t in timings) / wall, "seconds": wall}
-    wall, timings, metrics = runs[True]
+        for front in ("process", "thread"):  # `genlab serve`'s engine process, and the engine in a server thread
+            for streamed in (False, True):
+                engine = EngineProcess(spec) if front == "process" else LLMEngine(target, tokenizer, config,
+                                                                                  stop_token_ids=[])
+                server, thread, base_url = start_server(create_app(engine, MODEL_NAME))
+                try:
+                    wall, raw, metrics = client.submit(client_process, base_url, prompts, max_news, streamed).result()
+                    runs[front, streamed] = (wall, [StreamTiming(**t) for t in raw], metrics)
+                finally:
+                    server.should_exit = True
+                    thread.join(timeout=60)
+                wall, timings, _ = runs[front, streamed]
+                rows[server_row(front, streamed)] = {"tok_s": sum(t.tokens for t in timings) / wall, "seconds": wall}
+    wall, timings, metrics = runs["process", True]
     tokens = sum(t.tokens for t in timings)
     hf_texts = [tokenizer.decode(o) for o in hf_out]
     offline_texts = [r.text for r in offline]
@@ -384,7 +394,8 @@ def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int]) -> dic
         "metrics_ttft_ms_p50": metrics["ttft_ms"]["p50"], "metrics_tpot_ms_p50": metrics["tpot_ms"]["p50"],
         "server_equals_offline": sum(t.text == o for t, o in zip(timings, offline_texts)),
         "server_equals_transformers": sum(t.text == h for t, h in zip(timings, hf_texts)),
-        "plain_server_equals_offline": sum(t.text == o for t, o in zip(runs[False][1], offline_texts)),
+        "other_servers_equal_offline": {server_row(*key): sum(t.text == o for t, o in zip(run[1], offline_texts))
+                                        for key, run in runs.items() if key != ("process", True)},
     }
 
 
@@ -465,7 +476,8 @@ def print_tables(bs1: dict, conc: dict, spec: dict, training: dict, threads: int
                   f"streamed); /metrics: TTFT p50 {conc['metrics_ttft_ms_p50']:.0f} ms, TPOT p50 "
                   f"{conc['metrics_tpot_ms_p50']:.1f} ms; server text == offline engine for "
                   f"{conc['server_equals_offline']}/{conc['requests']}, == transformers batched for "
-                  f"{conc['server_equals_transformers']}/{conc['requests']}")
+                  f"{conc['server_equals_transformers']}/{conc['requests']}; the other server runs == offline: "
+                  + ", ".join(f"{n} {k}/{conc['requests']}" for k, n in conc["other_servers_equal_offline"].items()))
     t = Table(title="(3) speculative greedy decoding vs plain target decoding")
     for c in ("prompts", "method", "tok/s", "speedup", "acceptance", "tokens/target fwd", "identical"):
         t.add_column(c)
@@ -528,9 +540,11 @@ def main() -> None:
         "ratios": {
             "decode_bs1_vs_transformers": rows1["genlab engine (paged)"]["tok_s"] / hf1,
             "decode_bs1_generate_vs_transformers": rows1["genlab generate"]["tok_s"] / hf1,
-            "throughput_64_vs_transformers": rows2["genlab server (HTTP, streamed)"]["tok_s"] / hf2,
+            "throughput_64_vs_transformers": rows2[server_row("process", True)]["tok_s"] / hf2,
             "throughput_64_offline_engine_vs_transformers": rows2["genlab engine offline"]["tok_s"] / hf2,
-            "throughput_64_not_streamed_vs_transformers": rows2["genlab server (HTTP, not streamed)"]["tok_s"] / hf2,
+            "throughput_64_not_streamed_vs_transformers": rows2[server_row("process", False)]["tok_s"] / hf2,
+            "throughput_64_engine_thread_vs_transformers": rows2[server_row("thread", True)]["tok_s"] / hf2,
+            "throughput_64_engine_thread_not_streamed_vs_transformers": rows2[server_row("thread", False)]["tok_s"] / hf2,
             "speculative_speedup": best["speedup"],
             **{f"speculative_speedup_{k[1].split()[0]}_{k[0]}": r["speedup"] for k, r in spec.items() if k[1] != "plain"},
         },
@@ -542,8 +556,8 @@ def main() -> None:
             **{f"acceptance_rate_{k[1].split()[0]}_{k[0]}": r["acceptance_rate"] for k, r in spec.items() if k[1] != "plain"},
             "decode_bs1_tok_s": rows1["genlab engine (paged)"]["tok_s"],
             "decode_bs1_generate_tok_s": rows1["genlab generate"]["tok_s"],
-            "throughput_64_tok_s": rows2["genlab server (HTTP, streamed)"]["tok_s"],
-            "throughput_64_not_streamed_tok_s": rows2["genlab server (HTTP, not streamed)"]["tok_s"],
+            "throughput_64_tok_s": rows2[server_row("process", True)]["tok_s"],
+            "throughput_64_not_streamed_tok_s": rows2[server_row("process", False)]["tok_s"],
             "throughput_64_offline_tok_s": rows2["genlab engine offline"]["tok_s"],
             "server_equals_transformers": conc["server_equals_transformers"],
             "bs1_identical_transformers": rows1["transformers generate"]["identical_to_generate"],

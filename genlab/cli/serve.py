@@ -1,7 +1,8 @@
 """`genlab serve`: an OpenAI-compatible server (and web chat page) for a model directory.
 
 Handbook VI (serving). Loads the model into genlab's LLMEngine (paged KV cache, continuous
-batching, prefix caching) and serves it with uvicorn. Binds 127.0.0.1 unless --host says
+batching, prefix caching), by default in a process of its own (genlab.serve.engine_process), and
+serves it with uvicorn. Binds 127.0.0.1 unless --host says
 otherwise; with --api-key (or GENLAB_API_KEY) every /v1 request needs `Authorization: Bearer KEY`.
 
     genlab serve runs/q --port 8000      # a run directory (its model/), a model directory, or `latest`
@@ -41,22 +42,38 @@ def serve(
     max_num_seqs: int = typer.Option(64, help="Sequences decoded together in one step."),
     max_num_batched_tokens: int = typer.Option(1024, help="Token budget per step (decode + prefill chunks)."),
     prefix_caching: bool = typer.Option(True, help="Reuse KV blocks of shared prompt prefixes."),
+    engine_process: bool = typer.Option(
+        True, "--engine-process/--engine-thread",
+        help="Run the engine in a process of its own (default; the HTTP side then never holds its GIL) "
+             "or in a thread of the server process."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, with a web chat page at /."""
     import uvicorn
 
     from genlab.inference.engine import EngineConfig, LLMEngine
-    from genlab.serve import create_app
+    from genlab.serve import EngineProcess, EngineSpec, create_app
+    from genlab.serve.async_engine import EngineUnavailable
 
     model_dir = resolve_serve_dir(model)
     if not 0 < port < 65536:
         fail(f"--port {port} is not a TCP port (1-65535)")
     config = EngineConfig(block_size=block_size, num_blocks=num_blocks, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=prefix_caching)
-    engine = LLMEngine.from_pretrained(model_dir, config)
+    if engine_process:
+        engine = EngineProcess(EngineSpec.from_pretrained(model_dir, config))
+        try:  # started before uvicorn, so weights that cannot load are a clean error here
+            engine.start()
+        except EngineUnavailable as e:
+            fail(str(e))
+        num_params = engine.info["num_params"]
+    else:
+        engine = LLMEngine.from_pretrained(model_dir, config)
+        engine.warm_up()
+        num_params = engine.model.num_params()
     name = model_name or (model_dir.parent.name if model_dir.name == "model" else model_dir.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
     console.print(f"[bold]genlab serve[/] {model_dir} as [bold]{name}[/] on http://{host}:{port}/ "
-                  f"({engine.model.num_params() / 1e6:.1f}M parameters{', API key required' if api_key else ''})")
+                  f"({num_params / 1e6:.1f}M parameters, engine in {'its own process' if engine_process else 'a thread'}"
+                  f"{', API key required' if api_key else ''})")
     uvicorn.run(create_app(engine, name, api_key=api_key), host=host, port=port, log_level=log_level)

@@ -322,6 +322,16 @@ class LLMEngine:
                 prompt_tokens=len(prompt)))
         return results
 
+    def warm_up(self) -> None:
+        """One tiny request through prefill and decode (numba kernels loaded from their disk cache, first
+        allocations made), so a server's first client does not pay for it; stats start from zero after."""
+        stops, self.stop_token_ids = self.stop_token_ids, []  # the dummy request must reach a decode step
+        try:
+            self.generate([[0, 0]], SamplingParams(temperature=0.0, max_tokens=3))
+        finally:
+            self.stop_token_ids = stops
+        self._stats = EngineStats(self.block_manager.num_blocks, 0, 0, 0)
+
     @property
     def stats(self) -> EngineStats:
         """A snapshot (later steps do not change it)."""

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from genlab.serve.async_engine import AsyncEngine
 from genlab.serve.chat import create_chat_completion
 from genlab.serve.completions import create_completion
+from genlab.serve.engine_process import EngineProcess
 from genlab.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from genlab.serve.serving import ServerState, percentiles
 
@@ -76,12 +77,15 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 
 def create_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine` (an LLMEngine) under the name `model_name`."""
-    async_engine = AsyncEngine(engine)
-    model = engine.model
-    state = ServerState(engine=async_engine, tokenizer=engine.tokenizer, model_name=model_name,
-                        max_seq_len=int(model.config.max_seq_len),
-                        vocab_size=min(int(model.config.vocab_size), int(engine.tokenizer.vocab_size)),
+    """The FastAPI app serving `engine` under the name `model_name`: an LLMEngine (stepped by a thread of
+    this process, AsyncEngine) or an EngineProcess (the engine in a process of its own, engine_process.py)."""
+    if isinstance(engine, EngineProcess):
+        async_engine, tokenizer, model_config = engine, engine.spec.tokenizer, engine.spec.model_config
+    else:
+        async_engine, tokenizer, model_config = AsyncEngine(engine), engine.tokenizer, engine.model.config
+    state = ServerState(engine=async_engine, tokenizer=tokenizer, model_name=model_name,
+                        max_seq_len=int(model_config.max_seq_len),
+                        vocab_size=min(int(model_config.vocab_size), int(tokenizer.vocab_size)),
                         api_key=api_key)
 
     @asynccontextmanager

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from pydantic import BaseModel
 
@@ -32,13 +32,16 @@ from genlab.inference.sampling import SamplingParams
 from genlab.serve.async_engine import AsyncEngine, EngineUnavailable, RequestStream
 from genlab.serve.protocol import (APIError, ChoiceLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob)
 
+if TYPE_CHECKING:
+    from genlab.serve.engine_process import EngineProcess
+
 log = logging.getLogger("genlab.serve")
 MAX_SEQUENCES_PER_REQUEST = 64  # prompts x n
 
 
 @dataclass
 class ServerState:
-    engine: AsyncEngine
+    engine: AsyncEngine | EngineProcess  # the same interface
     tokenizer: Any
     model_name: str
     max_seq_len: int

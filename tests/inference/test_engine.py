@@ -217,6 +217,16 @@ def test_abort_frees_blocks_and_reports_once(model, prompts):
     engine.block_manager.check_all_free()
 
 
+def test_warm_up_changes_no_output_and_leaves_zeroed_stats_and_a_free_pool(model, prompts):
+    cold = LLMEngine(model, ToyTokenizer(), EngineConfig(block_size=4)).generate(prompts, GREEDY)
+    engine = LLMEngine(model, ToyTokenizer(), EngineConfig(block_size=4))
+    engine.warm_up()
+    s = engine.stats
+    assert s.generated_tokens == s.prompt_tokens == s.steps == 0 and not s.ttft_s and s.busy_s == 0
+    assert s.blocks_in_use == 0 and engine.stop_token_ids == [END] and not engine.has_unfinished()
+    assert [r.token_ids for r in engine.generate(prompts, GREEDY)] == [r.token_ids for r in cold]
+
+
 def test_stats_report_latency_throughput_and_blocks(model, prompts):
     engine = LLMEngine(model, ToyTokenizer(), EngineConfig(block_size=4))
     for i, p in enumerate(prompts):

@@ -50,13 +50,18 @@ def server_log():
     logger.setLevel(previous)
 
 
-@pytest.fixture(scope="session")
-def live_server(model_dir, server_log):
-    """The server most tests share: API key required, engine with default stop tokens."""
+@pytest.fixture(scope="session", params=["engine-thread", "engine-process"])
+def live_server(request, model_dir, server_log):
+    """The server most tests share: API key required, engine with default stop tokens; every test runs
+    against both fronts: the engine stepped by a thread of the server (AsyncEngine) and in its own process."""
     from genlab.inference.engine import EngineConfig, LLMEngine
-    from genlab.serve import create_app
+    from genlab.serve import EngineProcess, EngineSpec, create_app
 
-    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(block_size=16, num_blocks=256, max_num_seqs=32))
+    config = EngineConfig(block_size=16, num_blocks=256, max_num_seqs=32)
+    if request.param == "engine-thread":
+        engine = LLMEngine.from_pretrained(model_dir, config)
+    else:
+        engine = EngineProcess(EngineSpec.from_pretrained(model_dir, config, num_threads=1))
     live = start_server(create_app(engine, MODEL_NAME, api_key=API_KEY))
     yield live
     live.stop()

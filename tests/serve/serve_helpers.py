@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from genlab.serve.engine_process import EngineSpec
+
 API_KEY = "sk-genlab-test"
 MODEL_NAME = "tiny-chat"
 MAX_SEQ_LEN = 512
@@ -22,10 +24,6 @@ class LiveServer:
     app: object
     server: object
     thread: threading.Thread
-
-    @property
-    def engine(self):
-        return self.app.state.serving.engine.engine
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -58,3 +56,25 @@ class RecordHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
+
+
+
+@dataclass
+class BrokenSpec(EngineSpec):
+    """An EngineSpec whose engine's first `failures` steps raise (-1: every step); module-level, so the
+    spawned engine process can unpickle it."""
+
+    failures: int = 0
+
+    def build(self):
+        engine = super().build()
+        step, left = engine.step, [self.failures]
+
+        def broken_step():
+            if left[0]:
+                left[0] -= 1
+                raise RuntimeError("kernel exploded")
+            return step()
+        engine.step = broken_step
+        engine.warm_up = lambda: None  # the engine process warms up through step(): not this one
+        return engine

@@ -32,10 +32,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_process_answers_and_stops_cleanly(model_dir):
+@pytest.mark.parametrize("front", ["--engine-process", "--engine-thread"])
+def test_serve_process_answers_and_stops_cleanly(model_dir, front):
     port = _free_port()
     proc = subprocess.Popen([*CLI, "serve", str(model_dir), "--port", str(port), "--api-key", "k1",
-                             "--model-name", "tiny", "--max-num-seqs", "4"],
+                             "--model-name", "tiny", "--max-num-seqs", "4", front],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -69,6 +70,20 @@ def test_serve_rejects_a_missing_model_dir(tmp_path):
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "nope")])
     assert isinstance(result.exception, GenlabError)  # main() turns it into one red line and exit code 2
     assert "model directory not found" in str(result.exception)
+
+
+def test_serve_names_weights_that_cannot_load_without_a_traceback(model_dir, tmp_path):
+    """The engine process fails to build; `genlab serve` says why and exits 2 before starting uvicorn."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (model_dir / name).exists():
+            (tmp_path / name).write_text((model_dir / name).read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    out = subprocess.run([*CLI, "serve", str(tmp_path), "--port", str(_free_port())], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    message = " ".join(out.stderr.split())  # the console wraps long lines
+    assert "could not start: CheckpointError" in message and "cannot read weights" in message
+    assert "Traceback" not in out.stdout + out.stderr
 
 
 def test_chat_streams_replies_through_the_engine(model_dir):
