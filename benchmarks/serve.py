@@ -477,7 +477,7 @@ def print_tables(bs1: dict, conc: dict, spec: dict, training: dict, threads: int
                   f"{conc['metrics_tpot_ms_p50']:.1f} ms; server text == offline engine for "
                   f"{conc['server_equals_offline']}/{conc['requests']}, == transformers batched for "
                   f"{conc['server_equals_transformers']}/{conc['requests']}; the other server runs == offline: "
-                  + ", ".join(f"{n} {k}/{conc['requests']}" for k, n in conc["other_servers_equal_offline"].items()))
+                  + ", ".join(f"{name} {same}/{conc['requests']}" for name, same in conc["other_servers_equal_offline"].items()))
     t = Table(title="(3) speculative greedy decoding vs plain target decoding")
     for c in ("prompts", "method", "tok/s", "speedup", "acceptance", "tokens/target fwd", "identical"):
         t.add_column(c)

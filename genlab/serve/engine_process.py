@@ -156,14 +156,20 @@ def _core_main(conn, spec: EngineSpec, stream_interval_s: float) -> None:
                 except Exception:  # noqa: BLE001 - the engine may be inconsistent now
                     pass
             coalesce.clear()
-            conn.send(("failed", f"{type(exc).__name__}: {exc}", dead, in_flight))
+            try:
+                conn.send(("failed", f"{type(exc).__name__}: {exc}", dead, in_flight))
+            except OSError:
+                return
             continue
         finally:
             busy += time.perf_counter() - t0
             steps += 1
         ready = coalesce(outputs)
         if ready:
-            conn.send(("outputs", ready))
+            try:
+                conn.send(("outputs", ready))
+            except OSError:  # the server is gone
+                return
 
 
 def _add_all(engine, requests: list[EngineRequest]) -> BaseException | None:
@@ -240,6 +246,7 @@ class EngineProcess:
             self._receiver.join(timeout)
         self._process.join(timeout)
         self._kill()
+        self._conn.close()
         self.dead = True
 
     def _kill(self) -> None:
