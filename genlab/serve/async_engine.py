@@ -18,7 +18,8 @@ over `stream_interval_s` (as vLLM's stream interval): a request's first output (
 token) and its last are sent at once; in between, its tokens are merged and sent at most every
 interval. Throughput at 64 streams rises; a reader sees a few tokens per event instead of one.
 `genlab serve` goes further and runs the engine in a process of its own (engine_process.py, the
-same interface): measured with benchmarks/serve.py, 64 streamed requests 955 -> 1,238 tok/s.
+same interface): in benchmarks/serve.py's 64 streamed requests, 955-1,163 -> 1,238-1,417 tok/s
+(three runs on the 2-core dev machine), level with the offline engine.
 
 When nothing runs, the thread blocks on the command queue (no busy loop). An exception inside
 `engine.step()` is reported to every in-flight stream and their requests are aborted; a second
