@@ -99,9 +99,94 @@ class EngineSpec:
 
 
 # --- the child ---------------------------------------------------------------------------------------
+class _EngineCore:
+    """The engine process's loop: step whenever there is work; between steps, answer every pending command."""
+
+    def __init__(self, conn, engine, stream_interval_s: float) -> None:
+        self.conn, self.engine = conn, engine
+        self.coalesce = OutputCoalescer(stream_interval_s)
+        self.started, self.busy_s, self.steps, self.failures, self.dead = time.monotonic(), 0.0, 0, 0, False
+
+    def run(self) -> None:
+        """Returns on "stop" or when the server's end of the pipe is gone."""
+        try:
+            while True:
+                if self.dead or not self.engine.has_unfinished():
+                    self.conn.poll(None)  # idle: block until a command (or the pipe closing)
+                while self.conn.poll(0):
+                    if not self.handle(self.conn.recv()):
+                        return
+                if not self.dead and self.engine.has_unfinished():
+                    self.step()
+        except (EOFError, OSError):  # the server is gone
+            return
+
+    def handle(self, command: tuple) -> bool:
+        """Carry out one command; False for "stop"."""
+        kind, engine = command[0], self.engine
+        if kind == "add":
+            problem = EngineUnavailable("the engine failed") if self.dead else _add_all(engine, command[2])
+            self.conn.send(("added", command[1], problem))
+        elif kind == "abort":
+            for rid in command[1]:
+                engine.abort(rid)
+                self.coalesce.forget(rid)
+        elif kind == "stats":
+            snapshot = stats_snapshot(engine)
+            snapshot.update(engine_busy_seconds=self.busy_s, engine_steps=self.steps,
+                            in_flight_requests=len(engine.requests), uptime_seconds=time.monotonic() - self.started)
+            self.conn.send(("stats", command[1], snapshot))
+        elif kind == "stop":
+            self.shutdown()
+            return False
+        return True
+
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            outputs = self.engine.step()
+            self.failures = 0
+        except Exception as exc:  # noqa: BLE001 - reported to every waiting stream, never kills the process
+            self.failures += 1
+            self.dead = self.failures > 1  # a second failure in a row: the engine is broken
+            log.error("engine step failed: %r", exc, exc_info=exc)
+            in_flight = self._abort_all()
+            self.conn.send(("failed", f"{type(exc).__name__}: {exc}", self.dead, in_flight))
+            return
+        finally:
+            self.busy_s += time.perf_counter() - t0
+            self.steps += 1
+        ready = self.coalesce(outputs)
+        if ready:
+            self.conn.send(("outputs", ready))
+
+    def shutdown(self) -> None:
+        """Abort everything; a few last steps report "abort" to the streams (unless the engine is broken)."""
+        self._abort_all()
+        deadline = time.monotonic() + 5.0
+        try:
+            while self.engine.has_unfinished() and not self.dead and time.monotonic() < deadline:
+                self.conn.send(("outputs", self.coalesce(self.engine.step(), flush=True)))
+        except (EOFError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+        self.conn.send(("stopped",))
+
+    def _abort_all(self) -> list[str]:
+        in_flight = list(self.engine.requests)
+        for rid in in_flight:
+            try:
+                self.engine.abort(rid)
+            except Exception:  # noqa: BLE001 - the engine may be inconsistent after a failed step
+                pass
+        self.coalesce.clear()
+        return in_flight
+
+
 def _core_main(conn, spec: EngineSpec, stream_interval_s: float) -> None:
-    """The engine process: build the engine, then step whenever there is work, answering commands between steps."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The engine process's entry point: build and warm up the engine, report, then run the loop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us with "stop"
     try:
         engine = spec.build()
         engine.warm_up()
@@ -109,67 +194,7 @@ def _core_main(conn, spec: EngineSpec, stream_interval_s: float) -> None:
         conn.send(("ready", f"{type(exc).__name__}: {exc}", None))
         return
     conn.send(("ready", None, {"num_params": engine.model.num_params(), "pid": os.getpid()}))
-    coalesce = OutputCoalescer(stream_interval_s)
-    started, busy, steps, failures, dead = time.monotonic(), 0.0, 0, 0, False
-    while True:
-        try:
-            if dead or not engine.has_unfinished():
-                conn.poll(None)  # idle: block until a command (or the parent's end closing)
-            while conn.poll(0):
-                command = conn.recv()
-                kind = command[0]
-                if kind == "stop":
-                    for rid in list(engine.requests):
-                        engine.abort(rid)
-                    while engine.has_unfinished():
-                        conn.send(("outputs", coalesce(engine.step(), flush=True)))
-                    conn.send(("stopped",))
-                    return
-                if kind == "add":
-                    problem = EngineUnavailable("the engine failed") if dead else _add_all(engine, command[2])
-                    conn.send(("added", command[1], problem))
-                elif kind == "abort":
-                    for rid in command[1]:
-                        engine.abort(rid)
-                        coalesce.forget(rid)
-                elif kind == "stats":
-                    snapshot = stats_snapshot(engine)
-                    snapshot.update(engine_busy_seconds=busy, engine_steps=steps, in_flight_requests=len(engine.requests),
-                                    uptime_seconds=time.monotonic() - started)
-                    conn.send(("stats", command[1], snapshot))
-        except (EOFError, OSError):  # the server is gone
-            return
-        if dead or not engine.has_unfinished():
-            continue
-        t0 = time.perf_counter()
-        try:
-            outputs = engine.step()
-            failures = 0
-        except Exception as exc:  # noqa: BLE001 - reported to every waiting stream, never kills the process
-            failures += 1
-            dead = failures > 1
-            log.error("engine step failed: %r", exc, exc_info=exc)
-            in_flight = list(engine.requests)
-            for rid in in_flight:
-                try:
-                    engine.abort(rid)
-                except Exception:  # noqa: BLE001 - the engine may be inconsistent now
-                    pass
-            coalesce.clear()
-            try:
-                conn.send(("failed", f"{type(exc).__name__}: {exc}", dead, in_flight))
-            except OSError:
-                return
-            continue
-        finally:
-            busy += time.perf_counter() - t0
-            steps += 1
-        ready = coalesce(outputs)
-        if ready:
-            try:
-                conn.send(("outputs", ready))
-            except OSError:  # the server is gone
-                return
+    _EngineCore(conn, engine, stream_interval_s).run()
 
 
 def _add_all(engine, requests: list[EngineRequest]) -> BaseException | None:
