@@ -8,10 +8,12 @@ The report card measures what each stage does: bits per byte, and exact-match ac
 for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
 every digit and SFT answers are worked (genlab.data.world.worked: "I know that X lives in Y. Answer: Y",
 sums column by column, an unknown name named before "I don't know"), and both stages train in small
-batches (8 x 256 tokens, many steps). The default run (world seed 0, 809 s): (a) 75%, (b) 54%,
-(c) 63%, (d) 95.5%, (e) 98.5%; runs differ a lot between seeds and small data changes ((c) 20-63%, (a)
-69.5-83% across this configuration's neighbours). With bare answers, 1-3 digit number tokens and batch 16
-it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
+batches (8 x 256 tokens, many steps). The default run (world seed 0) as measured last, on a fresh
+clone: (a) 84%, (b) 51%, (c) 9%, (d) 96.5%, (e) 96%, bpb 2.715, in 908 s and, on a day the same 2-core
+machine ran ~20% slower, 1,098 s (identical card). Runs differ a lot between seeds and small data
+changes ((c) 5.5-70.5%, (a) 69.5-84% across this configuration's neighbours): 2-digit addition sits at
+the edge of what this model learns in this budget. With bare answers, 1-3 digit number tokens and
+batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
 can draw progress while this module never prints.
 
     genlab speedrun --quick
