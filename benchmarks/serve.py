@@ -31,7 +31,8 @@ as shipped (sdpa attention, its default dynamic cache).
     the client on the streamed chunks (and read from /metrics). The offline engine
     (LLMEngine.generate on all 64) is shown too, to separate engine from HTTP cost, and the server
     with the engine stepped by a thread of the server process instead (AsyncEngine: one GIL for both).
-    Every contestant of (2) runs --repeats times (default 2) from a fresh start and keeps its fastest run.
+    Every contestant of (2) runs once per round, --repeats rounds (default 3), each from a fresh start,
+    and keeps its fastest run.
 (3) speculative decoding (genlab.inference.speculative): wall time of plain target greedy decoding
     (genlab.inference.generate) over speculative greedy decoding with the trained draft model and with
     n-gram prompt lookup, outputs asserted identical, on two prompt sets: held-out code ("code") and
@@ -341,44 +342,39 @@ def server_row(front: str, streamed: bool) -> str:
 
 def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int], repeats: int) -> dict:
     """Everyone gets the same prompts and per-request max_tokens; only requested tokens count. Each
-    contestant runs `repeats` times from a fresh start (new engine and server: no prefix-cache hits
-    from an earlier repeat) and keeps its fastest run, so a passing slowdown of this shared machine
-    does not decide the ratio."""
+    contestant runs once per round, `repeats` rounds, each time from a fresh start (new engine and
+    server: no prefix-cache hits from an earlier round), and keeps its fastest run; rounds interleave
+    the contestants, so a slow spell of this shared machine does not decide the ratio."""
     from genlab.inference.engine import EngineConfig, LLMEngine
     from genlab.serve.app import create_app
     from genlab.serve.engine_process import EngineProcess, EngineSpec
 
     config = EngineConfig(max_num_seqs=len(prompts))
     requested = sum(max_news)
-    rows = {}
-    # transformers batched generate (left padding), all prompts in one batch, run to the longest request.
-    hf_generate(hf, prompts[:2], 2)
-    hf_wall = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        hf_out = hf_generate(hf, prompts, max_news)
-        hf_wall = min(hf_wall, time.perf_counter() - t0)
-    rows["transformers batched generate"] = {"tok_s": requested / hf_wall, "seconds": hf_wall}
-    # The offline engine: the same scheduling without HTTP.
-    off_wall = float("inf")
-    for _ in range(repeats):
-        engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
-        engine.warm_up()
-        t0 = time.perf_counter()
-        offline = engine.generate(prompts, [SamplingParams(temperature=0, max_tokens=n) for n in max_news])
-        off_wall = min(off_wall, time.perf_counter() - t0)
-    rows["genlab engine offline"] = {"tok_s": sum(len(r.token_ids) for r in offline) / off_wall, "seconds": off_wall}
-    # The live server, streamed (SSE) and not.
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    runs = {}
     spec = EngineSpec.from_model(target, tokenizer, config, stop_token_ids=[], num_threads=torch.get_num_threads())
+    all_params = [SamplingParams(temperature=0, max_tokens=n) for n in max_news]
+    hf_generate(hf, prompts[:2], 2)
+    hf_wall = off_wall = float("inf")
+    runs = {}  # (front, streamed) -> (wall, timings, metrics) of its fastest round
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
         client.submit(time.sleep, 0).result()  # the client process is started (and imports done) before timing
-        for front in ("process", "thread"):  # `genlab serve`'s engine process, and the engine in a server thread
-            for streamed in (False, True):
-                for _ in range(repeats):
+        for _ in range(repeats):  # rounds: a slow spell of the machine hits every contestant of its round
+            # transformers batched generate (left padding), all prompts in one batch, run to the longest request.
+            t0 = time.perf_counter()
+            hf_out = hf_generate(hf, prompts, max_news)
+            hf_wall = min(hf_wall, time.perf_counter() - t0)
+            # The offline engine: the same scheduling without HTTP.
+            engine = LLMEngine(target, tokenizer, config, stop_token_ids=[])
+            engine.warm_up()
+            t0 = time.perf_counter()
+            offline = engine.generate(prompts, all_params)
+            off_wall = min(off_wall, time.perf_counter() - t0)
+            # The live server, streamed (SSE) and not: `genlab serve`'s engine process, and the engine in a thread.
+            for front in ("process", "thread"):
+                for streamed in (False, True):
                     if front == "process":
                         engine = EngineProcess(spec)  # warms up in its own process at start
                     else:
@@ -393,8 +389,10 @@ def bench_concurrent(target, hf, tokenizer, prompts, max_news: list[int], repeat
                         thread.join(timeout=60)
                     if (front, streamed) not in runs or wall < runs[front, streamed][0]:
                         runs[front, streamed] = (wall, [StreamTiming(**t) for t in raw], metrics)
-                wall, timings, _ = runs[front, streamed]
-                rows[server_row(front, streamed)] = {"tok_s": sum(t.tokens for t in timings) / wall, "seconds": wall}
+    rows = {"transformers batched generate": {"tok_s": requested / hf_wall, "seconds": hf_wall},
+            "genlab engine offline": {"tok_s": sum(len(r.token_ids) for r in offline) / off_wall, "seconds": off_wall}}
+    for (front, streamed), (wall, timings, _) in runs.items():
+        rows[server_row(front, streamed)] = {"tok_s": sum(t.tokens for t in timings) / wall, "seconds": wall}
     wall, timings, metrics = runs["process", True]
     tokens = sum(t.tokens for t in timings)
     hf_texts = [tokenizer.decode(o) for o in hf_out]
@@ -506,7 +504,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small models, few steps and tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for every contestant")
-    parser.add_argument("--repeats", type=int, default=2,
+    parser.add_argument("--repeats", type=int, default=3,
                         help="(2): runs per contestant, each from a fresh start; the fastest counts")
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
