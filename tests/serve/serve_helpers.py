@@ -5,12 +5,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass
 
+import pytest
+
+from genlab.inference.sampling import SamplingParams
+from genlab.serve.async_engine import EngineRequest, EngineUnavailable
 from genlab.serve.engine_process import EngineSpec
 
 API_KEY = "sk-genlab-test"
@@ -78,3 +83,29 @@ class BrokenSpec(EngineSpec):
         engine.step = broken_step
         engine.warm_up = lambda: None  # the engine process warms up through step(): not this one
         return engine
+
+
+async def fail_a_step_then_submit_again(front, settled) -> tuple[bool, object]:
+    """A request whose engine step raises reaches its stream as EngineUnavailable; once `settled()` (the
+    engine's cleanup step ran, or it gave up) a second request either is refused (the engine is dead) or
+    runs. Returns (dead, the second request's last output or None)."""
+    stream = await front.submit([EngineRequest("x", [1, 2], SamplingParams(max_tokens=4))])
+    with pytest.raises(EngineUnavailable, match="kernel exploded"):
+        await stream.__anext__()
+    for _ in range(100):
+        if settled():
+            break
+        await asyncio.sleep(0.01)
+    if front.dead:
+        with pytest.raises(EngineUnavailable):
+            await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
+        return True, None
+    stream = await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
+    return False, [o async for o in stream][-1]
+
+
+def check_failure_outcome(failures: int, dead: bool, last) -> None:
+    if failures == 1:  # one bad step: the request fails, the engine recovers and serves the next one
+        assert not dead and last.finished and last.finish_reason in ("stop", "length")
+    else:
+        assert dead

@@ -16,8 +16,8 @@ import pytest
 from genlab.errors import ConfigError
 from genlab.inference.engine import EngineConfig, LLMEngine
 from genlab.inference.sampling import SamplingParams
-from genlab.serve.async_engine import AsyncEngine, EngineRequest, EngineUnavailable
-from serve_helpers import MAX_SEQ_LEN
+from genlab.serve.async_engine import AsyncEngine, EngineRequest
+from serve_helpers import MAX_SEQ_LEN, check_failure_outcome, fail_a_step_then_submit_again
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +109,8 @@ def test_step_failure_reaches_the_stream_and_repeated_failure_marks_the_engine_d
         front = AsyncEngine(broken).start()
         try:
             broken.failures = failures
-            stream = await front.submit([EngineRequest("x", [1, 2], SamplingParams(max_tokens=4))])
-            with pytest.raises(EngineUnavailable, match="kernel exploded"):
-                await stream.__anext__()
-            for _ in range(100):  # the engine thread cleans up (one more step) or gives up
-                if front.dead or not broken.has_unfinished():
-                    break
-                await asyncio.sleep(0.01)
-            if front.dead:
-                with pytest.raises(EngineUnavailable):
-                    await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
-                return True, None
-            stream = await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
-            return False, [o async for o in stream][-1]
+            return await fail_a_step_then_submit_again(front, lambda: front.dead or not broken.has_unfinished())
         finally:
             front.stop()
 
-    dead, last = run(main())
-    if failures == 1:  # one bad step: the request fails, the engine recovers and serves the next one
-        assert not dead and last.finished and last.finish_reason in ("stop", "length")
-    else:
-        assert dead
+    check_failure_outcome(failures, *run(main()))

@@ -21,7 +21,7 @@ from genlab.inference.engine import EngineConfig, LLMEngine
 from genlab.inference.sampling import SamplingParams
 from genlab.serve.async_engine import EngineRequest, EngineUnavailable
 from genlab.serve.engine_process import EngineProcess, EngineSpec
-from serve_helpers import MAX_SEQ_LEN, BrokenSpec
+from serve_helpers import MAX_SEQ_LEN, BrokenSpec, check_failure_outcome, fail_a_step_then_submit_again
 
 CONFIG = EngineConfig(block_size=16, num_blocks=128)
 PROMPTS = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12]]
@@ -97,30 +97,12 @@ def test_closing_a_stream_aborts_and_frees_blocks(front):
 def test_step_failure_reaches_the_stream_and_repeated_failure_marks_the_engine_dead(model_dir, failures):
     spec = BrokenSpec(**vars(EngineSpec.from_pretrained(model_dir, CONFIG, num_threads=1)), failures=failures)
     front = EngineProcess(spec).start()
-
-    async def main():
-        stream = await front.submit([EngineRequest("x", [1, 2], SamplingParams(max_tokens=4))])
-        with pytest.raises(EngineUnavailable, match="kernel exploded"):
-            await stream.__anext__()
-        for _ in range(50):  # the engine's cleanup step (the abort's output) fails again, or not
-            if front.dead:
-                break
-            await asyncio.sleep(0.01)
-        if front.dead:
-            with pytest.raises(EngineUnavailable):
-                await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
-            return True, None
-        stream = await front.submit([EngineRequest("y", [1, 2], SamplingParams(max_tokens=4))])
-        return False, [o async for o in stream][-1]
-
     try:
-        dead, last = run(main())
+        dead, last = run(fail_a_step_then_submit_again(front, lambda: front.dead))
     finally:
         front.stop()
-    if failures == 1:  # one bad step: the request fails, the engine recovers and serves the next one
-        assert not dead and last.finished and last.finish_reason in ("stop", "length")
-    else:
-        assert dead and "kernel exploded" in front.error
+    check_failure_outcome(failures, dead, last)
+    assert not dead or "kernel exploded" in front.error
 
 
 def test_a_dead_child_fails_the_waiting_streams(model_dir):
