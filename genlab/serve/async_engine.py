@@ -201,6 +201,33 @@ def deliver(sinks: dict[str, _Sink], outputs) -> list[str]:
     return orphans
 
 
+def fail_streams(sinks, error: str) -> None:
+    """End each sink's stream with EngineUnavailable (its event loop raises it to the HTTP handler)."""
+    for sink in sinks:
+        try:
+            sink.loop.call_soon_threadsafe(sink.stream._put, EngineUnavailable(f"generation failed: {error}"))
+        except RuntimeError:  # that event loop is gone
+            pass
+
+
+def add_requests(engine, requests: list[EngineRequest]) -> Exception | None:
+    """Add every request to `engine`, or none of them: on a rejection the ones added are aborted and the
+    error is returned (for the caller to raise where the request came from); never raises."""
+    added = []
+    try:
+        for r in requests:
+            engine.add_request(r.request_id, r.prompt_ids, r.params, constraint=r.constraint,
+                               prompt_logprobs=r.prompt_logprobs)
+            added.append(r.request_id)
+    except Exception as exc:  # noqa: BLE001 - a rejected request must not stop the engine
+        for rid in added:
+            engine.abort(rid)
+        if not isinstance(exc, GenlabError):
+            log.exception("engine.add_request failed")
+        return exc
+    return None
+
+
 def stats_snapshot(engine) -> dict[str, Any]:
     """The engine's stats as a plain dict (lists copied)."""
     stats = engine.stats
@@ -319,20 +346,12 @@ class AsyncEngine:
             if self.dead:
                 _resolve(sink.loop, accepted, error=EngineUnavailable(f"the engine failed: {self.error}"))
                 return
-            added: list[str] = []
-            try:
-                for r in requests:
-                    self.engine.add_request(r.request_id, r.prompt_ids, r.params, constraint=r.constraint,
-                                            prompt_logprobs=r.prompt_logprobs)
-                    added.append(r.request_id)
-                    self._sinks[r.request_id] = sink
-            except Exception as exc:  # noqa: BLE001 - a rejected request must not stop the thread
-                for rid in added:
-                    self._abort_one(rid)
-                if not isinstance(exc, GenlabError):
-                    log.exception("engine.add_request failed")
-                _resolve(sink.loop, accepted, error=exc)
+            problem = add_requests(self.engine, requests)
+            if problem is not None:
+                _resolve(sink.loop, accepted, error=problem)
                 return
+            for r in requests:
+                self._sinks[r.request_id] = sink
             _resolve(sink.loop, accepted, True)
         elif kind == "abort":
             for rid in command[1]:
@@ -363,15 +382,12 @@ class AsyncEngine:
         self.dead = self.dead or fatal
         sinks, self._sinks = self._sinks, {}
         self._coalesce.clear()
-        for rid, sink in sinks.items():
+        for rid in sinks:
             try:
                 self.engine.abort(rid)
             except Exception:  # noqa: BLE001 - the engine may be inconsistent now
                 pass
-            try:
-                sink.loop.call_soon_threadsafe(sink.stream._put, EngineUnavailable(f"generation failed: {self.error}"))
-            except RuntimeError:
-                pass
+        fail_streams(sinks.values(), self.error)
         if self.dead:
             log.error("engine marked dead after repeated failures")
 
@@ -394,4 +410,4 @@ class AsyncEngine:
         snapshot["in_flight_requests"] = len(self._sinks)
         return snapshot
 
-__all__ = ["AsyncEngine", "EngineRequest", "EngineUnavailable", "RequestStream"]
+__all__ = ["AsyncEngine", "EngineRequest", "EngineUnavailable", "RequestStream", "add_requests"]

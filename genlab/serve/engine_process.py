@@ -43,7 +43,8 @@ from typing import Any
 
 from genlab.errors import CheckpointError, ConfigError, GenlabError
 from genlab.serve.async_engine import (STREAM_INTERVAL_S, EngineRequest, EngineUnavailable, OutputCoalescer,
-                                       RequestStream, _resolve, _Sink, deliver, stats_snapshot)
+                                       RequestStream, _resolve, _Sink, add_requests, deliver, fail_streams,
+                                       stats_snapshot)
 
 log = logging.getLogger("genlab.serve")
 START_TIMEOUT_S = 300.0  # spawning imports torch and builds the engine (numba kernels come from the disk cache)
@@ -127,7 +128,9 @@ class _EngineCore:
         """Carry out one command; False for "stop"."""
         kind, engine = command[0], self.engine
         if kind == "add":
-            problem = EngineUnavailable("the engine failed") if self.dead else _add_all(engine, command[2])
+            problem = EngineUnavailable("the engine failed") if self.dead else add_requests(engine, command[2])
+            if problem is not None and not isinstance(problem, GenlabError):  # a bug: sent as a picklable 500
+                problem = RuntimeError(f"{type(problem).__name__}: {problem}")
             self.conn.send(("added", command[1], problem))
         elif kind == "abort":
             for rid in command[1]:
@@ -197,24 +200,6 @@ def _core_main(conn, spec: EngineSpec, stream_interval_s: float) -> None:
         return
     conn.send(("ready", None, {"num_params": engine.model.num_params(), "pid": os.getpid()}))
     _EngineCore(conn, engine, stream_interval_s).run()
-
-
-def _add_all(engine, requests: list[EngineRequest]) -> BaseException | None:
-    """Add every request, or none of them (the error is returned, to be raised in the server)."""
-    added = []
-    try:
-        for r in requests:
-            engine.add_request(r.request_id, r.prompt_ids, r.params, constraint=r.constraint,
-                               prompt_logprobs=r.prompt_logprobs)
-            added.append(r.request_id)
-    except Exception as exc:  # noqa: BLE001 - a rejected request must not stop the engine
-        for rid in added:
-            engine.abort(rid)
-        if not isinstance(exc, GenlabError):
-            log.exception("engine.add_request failed")
-            return GenlabError(f"{type(exc).__name__}: {exc}")
-        return exc
-    return None
 
 
 # --- the server's side -------------------------------------------------------------------------------
@@ -377,11 +362,7 @@ class EngineProcess:
             ids = list(self._sinks) if request_ids is None else [r for r in request_ids if r in self._sinks]
             sinks = [self._sinks.pop(r) for r in ids]
             waiting = list(self._waiting.values()) if fatal else []
-        for sink in sinks:
-            try:
-                sink.loop.call_soon_threadsafe(sink.stream._put, EngineUnavailable(f"generation failed: {error}"))
-            except RuntimeError:
-                pass
+        fail_streams(sinks, error)
         for loop, future in waiting:
             _resolve(loop, future, error=EngineUnavailable(f"the engine failed: {error}"))
 
