@@ -16,7 +16,7 @@ import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Iterable, Sequence, TypeVar
 
 from genlab.errors import ConfigError
 
@@ -94,6 +94,29 @@ def stdlib_documents(max_bytes: int | None = None, seed: int = 0) -> list[Docume
 def stdlib_corpus(max_bytes: int | None = None, seed: int = 0) -> str:
     """The corpus as one string: documents joined by a blank line; at most `max_bytes` UTF-8 bytes."""
     return DOCUMENT_SEPARATOR.join(d.text for d in stdlib_documents(max_bytes, seed))
+
+
+def pieces(texts: Iterable[str], max_bytes: int) -> list[str]:
+    """Each text cut at line ends into pieces of at most ~`max_bytes` UTF-8 bytes (a longer line stays whole).
+
+    A held-out split of whole documents can be a few hundred bytes when documents vary in size; splitting
+    pieces instead holds out about the asked fraction of the bytes.
+    """
+    if max_bytes < 1:
+        raise ConfigError(f"max_bytes must be >= 1, got {max_bytes}")
+    out: list[str] = []
+    for text in texts:
+        piece, size = [], 0
+        for line in text.splitlines(keepends=True):
+            n = len(line.encode("utf-8"))
+            if piece and size + n > max_bytes:
+                out.append("".join(piece))
+                piece, size = [], 0
+            piece.append(line)
+            size += n
+        if piece:
+            out.append("".join(piece))
+    return out
 
 
 def split_documents(documents: Sequence[T], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[T], list[T]]:

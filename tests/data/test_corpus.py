@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from genlab.data.corpus import DOCUMENT_SEPARATOR, split_documents, stdlib_corpus, stdlib_documents
+from genlab.data.corpus import DOCUMENT_SEPARATOR, pieces, split_documents, stdlib_corpus, stdlib_documents
 from genlab.errors import ConfigError
 
 
@@ -50,3 +50,17 @@ def test_split_documents_is_a_deterministic_partition():
     assert [len(part) for part in split_documents(["a", "b"], 0.01)] == [1, 1]  # each side gets one
     with pytest.raises(ConfigError, match="val_fraction"):
         split_documents(docs, 1.5)
+
+
+def test_pieces_cut_at_line_ends_within_the_size():
+    text = "".join(f"line {i} " + "x" * (i % 7) + "\n" for i in range(200))
+    parts = pieces([text, "short"], 100)
+    assert "".join(parts[:-1]) == text and parts[-1] == "short"
+    assert all(len(p.encode()) <= 100 and p.endswith("\n") for p in parts[:-1])
+    assert len(pieces(["a" * 500], 100)) == 1  # a line longer than the size stays whole
+    # Held-out pieces are about the asked fraction of the bytes, whatever the documents' sizes.
+    docs = [d.text for d in stdlib_documents(40_000, seed=0)]
+    _, val = split_documents(pieces(docs, 2048), val_fraction=0.1, seed=0)
+    assert 0.05 < sum(map(len, val)) / sum(map(len, docs)) < 0.2
+    with pytest.raises(ConfigError):
+        pieces(docs, 0)
