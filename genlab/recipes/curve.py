@@ -3,7 +3,7 @@
 Handbook III (pretraining: what the model knows as a function of compute), V (evaluation). The
 speedrun mixes chat conversations into pretraining, so the base model already answers in the chat
 format; every `every` steps this callback scores a small seeded sample of each eval set with
-batched greedy decoding and records the accuracies against *training* seconds (the probe's own
+greedy decoding (the paged engine, on a copy of the model) and records the accuracies against *training* seconds (the probe's own
 time is excluded, so the curve shows what the training budget buys). The points come from one
 cosine-scheduled run, so a middle point is a partly-annealed model, not a shorter run's endpoint.
 
@@ -44,7 +44,7 @@ class AccuracyCurve:
         """Score the sets now; the model goes back to training mode afterwards if it was training."""
         began = time.perf_counter()
         was_training = self.model.training
-        config = EvalConfig(mode="chat", max_tokens=self.max_tokens, gen_batch_size=32, max_samples=0)
+        config = EvalConfig(mode="chat", max_tokens=self.max_tokens, engine=True, max_samples=0)
         result = run_eval_suite(self.model, self.tokenizer, self.items, config=config)
         self.model.train(was_training)
         point = {"phase": self.phase, "step": step, **result["accuracy"],

@@ -6,15 +6,21 @@ paraphrases plus conversations about them; the Python standard library supplies 
 The report card measures what each stage does: bits per byte, and exact-match accuracy on held-out sets
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
 for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
-every digit and SFT answers are worked (genlab.data.world.worked: "I know that X lives in Y. Answer: Y",
-sums column by column, an unknown name named before "I don't know"), and both stages train in small
-batches (8 x 256 tokens, many steps). The default run (world seed 0) as measured last, on a fresh
-clone: (a) 84%, (b) 51%, (c) 9%, (d) 96.5%, (e) 96%, bpb 2.715, in 908 s and, on a day the same 2-core
-machine ran ~20% slower, 1,098 s (identical card). Runs differ a lot between seeds and small data
-changes ((c) 5.5-70.5%, (a) 69.5-84% across this configuration's neighbours): 2-digit addition sits at
-the edge of what this model learns in this budget. With bare answers, 1-3 digit number tokens and
-batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI
-can draw progress while this module never prints.
+every digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT answers are worked
+(genlab.data.world.worked: "I know that X lives in Y. Answer: Y", sums column by column as
+"47 + 38: 7+8=15, 4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra
+arithmetic practice in the mix is sums only, and both stages train in small batches (8 x 256 tokens,
+many steps). The default run (world seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%,
+(e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB of held-out real text, in 806 s (pretraining at 3,615 tok/s;
+this machine's speed varies: at the slowest rate seen, 3,200 tok/s, ~890 s). The card is deterministic
+for a seed; small data changes move it a lot ((a) 77-84.5% across this configuration's neighbours).
+The step to here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice without
+bare differences and products, and chat words in the tokenizer (conversations ~25% fewer tokens):
+(c) 90% at 900 + 600 steps; with the names kept out of the tokenizer's texts and 2,560 tokens (every
+name two tokens) (b) 31.5% -> 57.5%, and fewer steps (750 + 600) and evaluation through the paged
+engine (base-model evals 33 -> 10 s) brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit
+number tokens and batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through
+`SpeedrunHooks`, so the CLI can draw progress while this module never prints.
 
     genlab speedrun --quick
 """
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 
 from genlab.data.chat import BOS, CHAT_SPECIAL_TOKENS, END, render_chat, save_tokenizer_dir
-from genlab.data.corpus import split_documents
+from genlab.data.corpus import pieces, split_documents
 from genlab.data.tokens import TokenDataset, write_tokens
 from genlab.data.world import WorldConfig, build_world, sft_conversations
 from genlab.errors import ConfigError
@@ -50,7 +56,8 @@ from genlab.recipes.plots import plot_curves, plot_grouped_bars, plot_loss_curve
 from genlab.recipes.report import CARD_LABELS, speedrun_report
 from genlab.atomic import write_json, write_text
 from genlab.recipes.runs import new_run_dir, read_metrics
-from genlab.recipes.world_tasks import EVAL_TASKS, arithmetic_practice, eval_items, few_shot_pools, pretraining_mix
+from genlab.recipes.world_tasks import (EVAL_TASKS, arithmetic_practice, eval_items, few_shot_pools, pretraining_mix,
+                                        tokenizer_texts)
 from genlab.tokenizers import GPT4_DIGITS_PATTERN, GPT4_PATTERN, BPETokenizer
 from genlab.train.trainer import TrainConfig, train
 
@@ -63,7 +70,7 @@ class SpeedrunConfig:
     mode: str = "default"
     world_scale: float = 1.0
     real_text_bytes: int = 40_000  # standard library prose/code mixed into pretraining
-    vocab_size: int = 2048
+    vocab_size: int = 2560  # learned from the documents and the chat's words; every name is two tokens
     digit_tokens: bool = True  # pre-tokenize every digit alone (GPT4_DIGITS_PATTERN): arithmetic digit by digit
     worked_answers: bool = True  # SFT answers recall the fact / add by place value first (data/world/worked.py)
     d_model: int = 256
@@ -71,9 +78,9 @@ class SpeedrunConfig:
     n_head: int = 4
     seq_len: int = 256
     batch_size: int = 8  # at equal tokens and time, 8 x 900 steps beat 16 x 450 (a: 57.5 -> 83%, c: 2 -> 52.5%)
-    steps: int = 900  # pretraining steps (~1.8M tokens: ~2.4 passes over the mix, ~5 over the world documents)
+    steps: int = 750  # pretraining steps (~1.5M tokens: ~2.2 passes over the mix, ~4.4 over the world documents)
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
-    arithmetic_practice: int = 4_000  # extra arithmetic conversations in the mix
+    arithmetic_practice: int = 4_000  # extra worked sums (2- and 3-digit) in the mix
     world_repeats: int = 2  # copies of the world documents in the mix
     lr: float = 3e-3
     warmup: int = 60
@@ -168,7 +175,7 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def _evaluate(model, tokenizer, items, bpb_texts, cfg: SpeedrunConfig, mode: str, pools) -> dict[str, Any]:
     # Worked answers need room (a two-hop chain is ~40 tokens); a base model's few-shot reply is cut earlier.
     config = EvalConfig(mode=mode, max_tokens=64 if mode == "chat" else 40, few_shot_k=cfg.few_shot_k, seed=cfg.seed,
-                        gen_batch_size=32)
+                        engine=True)
     return run_eval_suite(model, tokenizer, items, bpb_texts=bpb_texts, few_shot_pool=pools, config=config)
 
 
@@ -193,8 +200,9 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         world_docs, real_docs = pretraining_mix(world, cfg.real_text_bytes, cfg.seed)
         hooks.stage("data", f"world: {len(world.people)} people, {len(world_docs)} documents; "
                             f"real text: {len(real_docs)} documents")
-        # Held-out text for bits per byte: real documents the model never trains on.
-        real_train, real_val = split_documents(real_docs, val_fraction=0.1, seed=cfg.seed) if real_docs else ([], [])
+        # Held-out text for bits per byte: a tenth of the real text (in ~2 KB pieces), never trained on.
+        real_pieces = pieces(real_docs, 2048)
+        real_train, real_val = split_documents(real_pieces, val_fraction=0.1, seed=cfg.seed) if real_pieces else ([], [])
         train_docs = world_docs + real_train
         conversations = sft_conversations(world)
         items = eval_items(world, cfg.eval_limit, cfg.seed)
@@ -203,7 +211,7 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
 
     with _timed(timings, "tokenizer"):
         hooks.stage("tokenizer", f"byte-level BPE, vocab {cfg.vocab_size}, chat special tokens")
-        tokenizer = BPETokenizer.train(train_docs, cfg.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS,
+        tokenizer = BPETokenizer.train(tokenizer_texts(world, train_docs, conversations), cfg.vocab_size, special_tokens=CHAT_SPECIAL_TOKENS,
                                        pattern=GPT4_DIGITS_PATTERN if cfg.digit_tokens else GPT4_PATTERN)
     bos = tokenizer.special_tokens[BOS]
 

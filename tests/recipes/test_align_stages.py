@@ -40,10 +40,10 @@ def test_chosen_style_by_hand():
 
 
 def test_chosen_style_of_worked_answers():
-    chosen = "47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85"
+    chosen = "47 + 38: 7+8=15, 4+3+1=8. Answer: 85"
     assert A.chosen_style(chosen, chosen)["chosen_style"] is True  # as long as the chosen reply: still concise
     assert A.chosen_style("Answer: 85", chosen)["chosen_style"] is True
-    assert A.chosen_style("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 84", chosen)["correct"] is False
+    assert A.chosen_style("47 + 38: 7+8=15, 4+3+1=8. Answer: 84", chosen)["correct"] is False
     ramble = "Great question! Many people wonder about this. The answer, as far as I can tell, is probably 85."
     assert A.chosen_style(ramble, chosen)["concise"] is False
 

@@ -10,7 +10,7 @@ cannot chain two retrievals in one forward pass). Column addition needs only one
     Where does Ana Brel live?          -> I know that Ana Brel lives in Wuby. Answer: Wuby
     What river runs through her town?  -> I know that Ana Brel lives in Wuby. The river Sel flows through Wuby.
                                           Answer: Sel
-    What is 47 + 38?                   -> 47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85
+    What is 47 + 38?                   -> 47 + 38: 7+8=15, 4+3+1=8. Answer: 85
     Where does Zed Quorble live?       -> I know nothing about Zed Quorble. Answer: I don't know.
 
 Why "I know that": a byte-level BPE glues the leading space to a word, and a vocabulary learned on the
@@ -84,15 +84,18 @@ def worked_two_hop(world: World, person: Person, hop: str, value: str) -> str:
 def worked_sum(a: int, b: int) -> str:
     """Column addition: restate the sum, then add digit by digit from the units, carrying one.
 
-    "47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85". Every step is a one-digit fact (at most 200
-    distinct ones, with the carry), and every digit a step copies sits at a fixed distance in the
-    restated sum, whatever words the question used.
+    "47 + 38: 7+8=15, 4+3+1=8. Answer: 85". Every step is a one-digit fact (at most 200 distinct
+    ones, with the carry), and every digit a step copies sits at a fixed distance in the restated sum,
+    whatever words the question used. The restatement keeps the question's spaces (a verbatim copy); the
+    steps have none: with digit tokens, "7 + 8 = 15" is 8-10 tokens and "7+8=15" 6, so the facts sit closer
+    together and a sum costs ~30% fewer tokens (speedrun (c): 9% -> 90% with add-only practice and the
+    chat-aware tokenizer, genlab.recipes.speedrun).
     """
     digits_a, digits_b = str(a)[::-1], str(b)[::-1]
     steps, carry = [], 0
     for i in range(max(len(digits_a), len(digits_b))):
         terms = [int(d[i]) for d in (digits_a, digits_b) if i < len(d)] + [1] * carry
         total = sum(terms)
-        steps.append(" + ".join(map(str, terms)) + f" = {total}")
+        steps.append("+".join(map(str, terms)) + f"={total}")
         carry = total // 10
     return with_answer(f"{a} + {b}: {', '.join(steps)}.", str(a + b))
