@@ -26,17 +26,19 @@ class AccuracyCurve:
     model: Any
     tokenizer: Any
     items: Mapping[str, Sequence[Mapping]]
-    every: int
+    every: int  # probe every this many steps (0: only at `at`)
     phase: str = "pretrain"
+    at: frozenset[int] = frozenset()  # further steps to probe at (e.g. the phase's last step)
     time_offset: float = 0.0  # training seconds spent before this phase (SFT continues pretraining's clock)
     max_tokens: int = 64  # room for a worked answer (genlab.data.world.worked)
+    engine: bool = True  # decode with the paged engine (plain nn.Linear models; False for unmerged adapters)
     points: list[dict[str, Any]] = field(default_factory=list)
     probe_seconds: float = 0.0
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
     def __call__(self, row: Mapping[str, Any]) -> bool:
         step = int(row["step"])
-        if self.every > 0 and step % self.every == 0:
+        if (self.every > 0 and step % self.every == 0) or step in self.at:
             self.probe(step)
         return False  # never stops training
 
@@ -44,7 +46,7 @@ class AccuracyCurve:
         """Score the sets now; the model goes back to training mode afterwards if it was training."""
         began = time.perf_counter()
         was_training = self.model.training
-        config = EvalConfig(mode="chat", max_tokens=self.max_tokens, engine=True, max_samples=0)
+        config = EvalConfig(mode="chat", max_tokens=self.max_tokens, engine=self.engine, max_samples=0)
         result = run_eval_suite(self.model, self.tokenizer, self.items, config=config)
         self.model.train(was_training)
         point = {"phase": self.phase, "step": step, **result["accuracy"],

@@ -62,7 +62,8 @@ def speedrun_report(cfg: Any, summary: dict[str, Any], samples: list[dict[str, s
         "![report card](plots/report_card.png)",
         "## Accuracy versus training time",
         "Chat-format exact match on a small sample of each held-out set, probed during pretraining (the mix holds "
-        "chat conversations, so the base model answers in the chat format) and after SFT. Probe time is excluded.",
+        "chat conversations, so the base model answers in the chat format) and during SFT; the last row is the full "
+        "SFT evaluation. Probe time is excluded.",
         markdown_table(["phase", "step", "training s"] + [title for key, title in CARD_COLUMNS if key != "bpb"],
                        [[p["phase"], p["step"], p["train_seconds"]] + [_pct(p.get(k)) for k, _ in CARD_COLUMNS[:-1]]
                         for p in summary.get("accuracy_curve", [])]),

@@ -102,7 +102,8 @@ class SpeedrunConfig:
     rl_steps: int = 100  # GRPO steps of 8 prompts x 8 samples (it also stops at rl_seconds); held-out exact match
     # moved only after ~50 steps (+7 points at 100 from one SFT model, +0.5 from another)
     rl_seconds: float = 900.0
-    curve_every: int = 300  # probe the eval sets every this many pretraining steps (0: no accuracy curve)
+    curve_every: int = 300  # probe the eval sets every this many pretraining steps and at its end, SFT twice as
+    # often (0: no accuracy curve)
     curve_limit: int = 40  # items per eval set in each probe
     few_shot_k: int = 3
     seed: int = 0
@@ -236,7 +237,9 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
     pre_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
                           warmup=cfg.warmup, eval_every=cfg.eval_every, eval_batches=4, seed=cfg.seed,
                           run_dir=str(run / "pretrain"), resume=False)
-    curve = AccuracyCurve(model, tokenizer, eval_items(world, cfg.curve_limit, cfg.seed + 1), cfg.curve_every)
+    curve_items = eval_items(world, cfg.curve_limit, cfg.seed + 1)
+    curve = AccuracyCurve(model, tokenizer, curve_items, cfg.curve_every,
+                          at=frozenset({cfg.steps} if cfg.curve_every else ()))
     with _timed(timings, "pretrain"):
         hooks.stage("pretrain", f"{model.num_params() / 1e6:.2f}M parameters, {cfg.steps} steps x "
                                 f"{pre_cfg.tokens_per_step} tokens ({len(ids):,} tokens in the mix)")
@@ -256,12 +259,18 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
                           documents=(world_encoded + real_encoded) * cfg.sft_replay)
     sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
+    # SFT continues the curve's clock, probed twice as often (its end point is the full SFT eval below).
+    sft_every = cfg.curve_every // 2
+    sft_curve = AccuracyCurve(model, tokenizer, curve_items, 0, phase="sft",
+                              time_offset=timings["pretrain"] - curve.probe_seconds,
+                              at=frozenset(range(sft_every, cfg.sft_steps, sft_every) if sft_every else ()),
+                              engine=cfg.sft_method == "full")  # LoRA/DoRA layers are merged only after SFT
     with _timed(timings, "sft"):
         hooks.stage("sft", f"{cfg.sft_method}: {trainable:,} trainable parameters; {len(conversations)} conversations "
                            f"+ {(len(world_encoded) + len(real_encoded)) * cfg.sft_replay} replayed documents "
                            f"in {len(sft_data)} packed rows, {cfg.sft_steps} steps")
         with hooks.training("sft", cfg.sft_steps) as callback:
-            sft = train(model, sft_data, sft_cfg, callback=callback)
+            sft = train(model, sft_data, sft_cfg, callback=_chain(callback, sft_curve))
     model.eval()
     for directory in save_finetuned(model, cfg.sft_method, run).values():  # model/ (merged) and adapter/
         save_tokenizer_dir(tokenizer, directory, model_max_length=cfg.seq_len)
@@ -293,9 +302,10 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         seed=cfg.seed, stage=hooks.stage, training=hooks.training, timed=timed, card_row=card_row)
     stages["sft"].update(extra.pop("sft_extra", {}))
     stages.update(extra_rows)
-    pretrain_seconds = timings["pretrain"] - curve.probe_seconds
+    train_seconds = timings["pretrain"] - curve.probe_seconds + timings["sft"] - sft_curve.probe_seconds
+    curve.points += sft_curve.points
     curve.points.append({"phase": "sft", "step": sft.steps, **{k: sft_eval["accuracy"][k] for k in EVAL_TASKS},
-                         "train_seconds": round(pretrain_seconds + timings["sft"], 1)})
+                         "train_seconds": round(train_seconds, 1)})
     plot_curves({CARD_LABELS[k].replace("\n", " "): ([p["train_seconds"] for p in curve.points],
                                                      [p[k] for p in curve.points]) for k in EVAL_TASKS},
                 run / "plots" / "accuracy_curve.png", xlabel="training seconds (pretraining, then SFT)",

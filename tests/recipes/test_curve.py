@@ -27,3 +27,9 @@ def test_probes_every_n_steps_and_excludes_probe_time(monkeypatch):
     assert curve.points[1]["train_seconds"] - curve.points[0]["train_seconds"] < 0.05
     assert curve.points[0]["train_seconds"] >= 10.0 and curve.points[0]["qa"] == 0.5
     assert curve.probe_seconds >= 0.1
+    # Extra steps (the phase's end), with or without a period.
+    for every, at, expected in ((3, {7}, [3, 6, 7]), (0, {2, 5}, [2, 5])):
+        curve = AccuracyCurve(model, None, {"qa": []}, every=every, at=frozenset(at))
+        for step in range(1, 8):
+            curve({"step": step})
+        assert [p["step"] for p in curve.points] == expected

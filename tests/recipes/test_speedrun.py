@@ -34,8 +34,8 @@ def test_summary_and_report(quick_run):
     assert summary["sft"]["method"] == "lora"
     assert 0 < summary["sft"]["trainable_parameters"] < 0.5 * summary["model"]["parameters"]  # r=16 on a 0.16M model
     assert (quick_run / "adapter" / "adapter_config.json").is_file()
-    curve = summary["accuracy_curve"]  # quick: 50 steps probed every 25, then the SFT endpoint
-    assert [(p["phase"], p["step"]) for p in curve] == [("pretrain", 25), ("pretrain", 50), ("sft", 20)]
+    curve = summary["accuracy_curve"]  # quick: 50 steps probed every 25, 20 SFT steps at 12, then the SFT endpoint
+    assert [(p["phase"], p["step"]) for p in curve] == [("pretrain", 25), ("pretrain", 50), ("sft", 12), ("sft", 20)]
     times = [p["train_seconds"] for p in curve]
     assert times == sorted(times) and times[0] > 0
     assert all(0.0 <= p[k] <= 1.0 for p in curve for k in keys - {"bpb"})
