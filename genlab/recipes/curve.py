@@ -1,10 +1,11 @@
-"""Accuracy versus training time: probe the report card's sets while the model pretrains.
+"""Accuracy versus training time: probe the report card's sets while the model trains.
 
 Handbook III (pretraining: what the model knows as a function of compute), V (evaluation). The
 speedrun mixes chat conversations into pretraining, so the base model already answers in the chat
-format; every `every` steps this callback scores a small seeded sample of each eval set with
-greedy decoding (the paged engine, on a copy of the model) and records the accuracies against *training* seconds (the probe's own
-time is excluded, so the curve shows what the training budget buys). The points come from one
+format; every `every` steps (and at the steps in `at`) this callback scores a small seeded sample of
+each eval set with greedy decoding (the paged engine, on a copy of the model) and records the
+accuracies against *training* seconds (the probe's own time is excluded, so the curve shows what the
+training budget buys; an SFT curve continues pretraining's clock through `time_offset`). The points come from one
 cosine-scheduled run, so a middle point is a partly-annealed model, not a shorter run's endpoint.
 
     python -m pytest -q tests/recipes/test_curve.py

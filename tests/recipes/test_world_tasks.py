@@ -34,7 +34,8 @@ def test_tokenizer_texts_leave_names_out_so_all_people_tokenize_alike():
     assert not any(name in text for text in chat_texts for name in sft_names)
 
     def tokens_per_name(train_texts: list[str], vocab_size: int) -> tuple[float, float]:
-        tok = BPETokenizer.train(train_texts, vocab_size, special_tokens=CHAT_SPECIAL_TOKENS, pattern=GPT4_DIGITS_PATTERN)
+        tok = BPETokenizer.train(train_texts, vocab_size, special_tokens=CHAT_SPECIAL_TOKENS,
+                                 pattern=GPT4_DIGITS_PATTERN)
         count = {True: [], False: []}
         for person in world.people:
             count[person.name in sft_names].append(len(tok.encode(" " + person.name)))
