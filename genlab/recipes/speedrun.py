@@ -11,9 +11,9 @@ every digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT a
 "47 + 38: 7+8=15, 4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra
 arithmetic practice in the mix is sums only, and both stages train in small batches (8 x 256 tokens,
 many steps). The default run (world seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%,
-(e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB of held-out real text, in 806 s (pretraining at 3,615 tok/s;
-this machine's speed varies: at the slowest rate seen, 3,200 tok/s, ~890 s). The card is deterministic
-for a seed; small data changes move it a lot ((a) 77-84.5% across this configuration's neighbours).
+(e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB of held-out real text, in 762, 806 and 864 s on three runs
+(pretraining at 3,877, 3,615 and 3,500 tok/s: this machine's speed varies; at the slowest rate seen,
+3,200 tok/s, ~900 s). The card is deterministic for a seed; small data changes move it a lot ((a) 77-84.5% across this configuration's neighbours).
 The step to here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice without
 bare differences and products, and chat words in the tokenizer (conversations ~25% fewer tokens):
 (c) 90% at 900 + 600 steps; with the names kept out of the tokenizer's texts and 2,560 tokens (every
