@@ -5,22 +5,22 @@ path on a 2-core CPU with no download: a synthetic world (genlab.data.world) sup
 paraphrases plus conversations about them; the Python standard library supplies real English and code.
 The report card measures what each stage does: bits per byte, and exact-match accuracy on held-out sets
 (a) new phrasings, (b) knowledge extraction, (c) 2-digit addition, (d) "I don't know", (e) JSON format,
-for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits
-every digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT answers are worked
-(genlab.data.world.worked: "I know that X lives in Y. Answer: Y", sums column by column as
-"47 + 38: 7+8=15, 4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra
-arithmetic practice in the mix is sums only, and both stages train in small batches (8 x 256 tokens,
-many steps). The default run (world seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%,
-(e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB of held-out real text, in 762, 806 and 864 s on three runs
-(pretraining at 3,877, 3,615 and 3,500 tok/s: this machine's speed varies; at the slowest rate seen,
-3,200 tok/s, ~900 s). The card is deterministic for a seed; small data changes move it a lot ((a)
-77-84.5% across this configuration's neighbours). The step to here from (c) 9%: steps written without
-spaces ("7 + 8 = 15" -> "7+8=15"), practice without bare differences and products, and chat words in
-the tokenizer (conversations ~25% fewer tokens): (c) 90% at 900 + 600 steps; with the names kept out of the tokenizer's texts and 2,560 tokens (every
-name two tokens) (b) 31.5% -> 57.5%, and fewer steps (750 + 600) and evaluation through the paged
-engine (base-model evals 33 -> 10 s) brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit
-number tokens and batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through
-`SpeedrunHooks`, so the CLI can draw progress while this module never prints.
+for the base model (few-shot prompt) and the SFT model (chat prompt). By default the tokenizer splits every
+digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT answers are worked
+(genlab.data.world.worked: "I know that X lives in Y. Answer: Y", sums column by column as "47 + 38: 7+8=15,
+4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra arithmetic practice in the mix
+is sums only, and both stages train in small batches (8 x 256 tokens, many steps). The default run (world
+seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%, (e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB
+of held-out real text, in 762, 806 and 864 s on three runs (pretraining at 3,877, 3,615 and 3,500 tok/s:
+this machine's speed varies; at the slowest rate seen, 3,200 tok/s, ~900 s). The card is deterministic for a
+seed; small data changes move it a lot ((a) 77-84.5% across this configuration's neighbours). The step to
+here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice without bare differences
+and products, and chat words in the tokenizer (conversations ~25% fewer tokens): (c) 90% at 900 + 600 steps;
+with the names kept out of the tokenizer's texts and 2,560 tokens (every name two tokens) (b) 31.5% ->
+57.5%, and fewer steps (750 + 600) and evaluation through the paged engine (base-model evals 33 -> 10 s)
+brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit number tokens and batch 16 it was (a)
+16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI can draw progress while
+this module never prints.
 
     genlab speedrun --quick
 """
