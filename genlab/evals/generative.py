@@ -27,8 +27,6 @@ import zlib
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import torch
-
 from genlab.data.chat import render_chat
 from genlab.data.world.evalsets import json_item_ok, normalize_answer
 from genlab.data.world.worked import final_answer
@@ -151,8 +149,7 @@ def engine_answers(model, tokenizer, prompts: Sequence[list[int]], max_tokens: i
 
     runner = LLMEngine(copy.deepcopy(model), tokenizer, stop_token_ids=sorted(set(eos_ids)))
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=list(stop))
-    with torch.no_grad():
-        return [result.text for result in runner.generate([list(p) for p in prompts], params)]
+    return [result.text for result in runner.generate([list(p) for p in prompts], params)]
 
 
 def exact_match(model, tokenizer, items: Sequence[Mapping], render_prompt=None, max_tokens: int = 32,

@@ -210,6 +210,15 @@ def fail_streams(sinks, error: str) -> None:
             pass
 
 
+def abort_quietly(engine, request_ids) -> None:
+    """Abort each request, ignoring errors: after a failed step the engine may be inconsistent."""
+    for rid in request_ids:
+        try:
+            engine.abort(rid)
+        except Exception:  # noqa: BLE001 - cleaning up after a failure; the streams are failed anyway
+            pass
+
+
 def add_requests(engine, requests: list[EngineRequest]) -> Exception | None:
     """Add every request to `engine`, or none of them: on a rejection the ones added are aborted and the
     error is returned (for the caller to raise where the request came from); never raises."""
@@ -382,11 +391,7 @@ class AsyncEngine:
         self.dead = self.dead or fatal
         sinks, self._sinks = self._sinks, {}
         self._coalesce.clear()
-        for rid in sinks:
-            try:
-                self.engine.abort(rid)
-            except Exception:  # noqa: BLE001 - the engine may be inconsistent now
-                pass
+        abort_quietly(self.engine, sinks)
         fail_streams(sinks.values(), self.error)
         if self.dead:
             log.error("engine marked dead after repeated failures")
@@ -410,4 +415,5 @@ class AsyncEngine:
         snapshot["in_flight_requests"] = len(self._sinks)
         return snapshot
 
-__all__ = ["AsyncEngine", "EngineRequest", "EngineUnavailable", "RequestStream", "add_requests"]
+__all__ = ["AsyncEngine", "EngineRequest", "EngineUnavailable", "RequestStream", "abort_quietly", "add_requests",
+           "fail_streams"]

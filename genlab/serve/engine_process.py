@@ -43,8 +43,8 @@ from typing import Any
 
 from genlab.errors import CheckpointError, ConfigError, GenlabError
 from genlab.serve.async_engine import (STREAM_INTERVAL_S, EngineRequest, EngineUnavailable, OutputCoalescer,
-                                       RequestStream, _resolve, _Sink, add_requests, deliver, fail_streams,
-                                       stats_snapshot)
+                                       RequestStream, _resolve, _Sink, abort_quietly, add_requests, deliver,
+                                       fail_streams, stats_snapshot)
 
 log = logging.getLogger("genlab.serve")
 START_TIMEOUT_S = 300.0  # spawning imports torch and builds the engine (numba kernels come from the disk cache)
@@ -180,11 +180,7 @@ class _EngineCore:
 
     def _abort_all(self) -> list[str]:
         in_flight = list(self.engine.requests)
-        for rid in in_flight:
-            try:
-                self.engine.abort(rid)
-            except Exception:  # noqa: BLE001 - the engine may be inconsistent after a failed step
-                pass
+        abort_quietly(self.engine, in_flight)
         self.coalesce.clear()
         return in_flight
 
