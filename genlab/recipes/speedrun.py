@@ -11,16 +11,16 @@ digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT answers
 4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra arithmetic practice in the mix
 is sums only, and both stages train in small batches (8 x 256 tokens, many steps). The default run (world
 seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%, (e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB
-of held-out real text, in 762, 806 and 864 s on three runs (pretraining at 3,877, 3,615 and 3,500 tok/s:
-this machine's speed varies; at the slowest rate seen, 3,200 tok/s, ~900 s). The card is deterministic for a
-seed; small data changes move it a lot ((a) 77-84.5% across this configuration's neighbours). The step to
-here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice without bare differences
-and products, and chat words in the tokenizer (conversations ~25% fewer tokens): (c) 90% at 900 + 600 steps;
-with the names kept out of the tokenizer's texts and 2,560 tokens (every name two tokens) (b) 31.5% ->
-57.5%, and fewer steps (750 + 600) and evaluation through the paged engine (base-model evals 33 -> 10 s)
-brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit number tokens and batch 16 it was (a)
-16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI can draw progress while
-this module never prints.
+of held-out real text, in 762, 806, 864 and 1,051 s on four runs (pretraining at 3,877, 3,615, 3,500 and
+2,691 tok/s: this shared machine's speed varies; over 900 s on its slowest spells). The card is
+deterministic for a seed; small data changes move it a lot ((a) 77-84.5% across this configuration's
+neighbours). The step to here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice
+without bare differences and products, and chat words in the tokenizer (conversations ~25% fewer tokens):
+(c) 90% at 900 + 600 steps; with the names kept out of the tokenizer's texts and 2,560 tokens (every name
+two tokens) (b) 31.5% -> 57.5%, and fewer steps (750 + 600) and evaluation through the paged engine (base-
+model evals 33 -> 10 s) brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit number tokens
+and batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI can
+draw progress while this module never prints.
 
     genlab speedrun --quick
 """
