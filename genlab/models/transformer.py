@@ -118,6 +118,14 @@ class Transformer(nn.Module):
         segments: document ids [B, T] for packed sequences; tokens attend only within their segment.
         logit_rows: indices into T; only those positions get logits ([B, len(logit_rows), V]).
         """
+        x = self.hidden_states(idx, cache, positions, segments)
+        if logit_rows is not None:
+            x = x[:, logit_rows]
+        return self.head(self.norm(x))
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                      segments: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output [B, T, d_model] (before the final norm); arguments as in `forward`."""
         B, T = idx.shape
         paged = getattr(cache, "provides_attention", False)
         if paged and positions is None:
@@ -148,9 +156,7 @@ class Transformer(nn.Module):
             x = block(x, rope, mask, positions, cache)
         if cache is not None and not paged:
             cache.advance(T)
-        if logit_rows is not None:
-            x = x[:, logit_rows]
-        return self.head(self.norm(x))
+        return x
 
     def rope_table(self, length: int, dtype: torch.dtype) -> RopeTable:
         """The cos/sin table (shared by all layers), rebuilt if too short or on another dtype/device."""
@@ -161,9 +167,17 @@ class Transformer(nn.Module):
         return table
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Mean next-token cross entropy; targets == -100 are ignored (loss masks, padding)."""
-        logits = self(idx, **kwargs)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        """Mean next-token cross entropy; targets == -100 are ignored (loss masks, padding).
+
+        Only positions with a target go through the final norm and the head: in SFT a third of the
+        positions (prompts, padding) are ignored, and the head is the widest matmul (tested equal to
+        the cross entropy of `forward`'s logits with ignore_index).
+        """
+        x, targets = self.hidden_states(idx, **kwargs).flatten(0, 1), targets.flatten()
+        trained = targets != -100
+        if not bool(trained.all()):
+            x, targets = x[trained], targets[trained]
+        return F.cross_entropy(self.head(self.norm(x)).float(), targets)
 
     # --- accounting ------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:

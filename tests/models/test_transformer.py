@@ -67,6 +67,23 @@ def test_loss_ignores_masked_targets():
     assert torch.allclose(model.loss(x, y_masked), expected, atol=1e-6)
 
 
+def test_loss_on_trained_positions_only_equals_full_logits_loss():
+    # The loss sends only positions with a target through the head; its value and every gradient must
+    # equal the plain cross entropy of all logits with ignore_index (scattered holes, a fully ignored row).
+    torch.manual_seed(0)
+    model = Transformer(small(VARIANTS["llama_gqa"], tie_embeddings=True))
+    x, y = torch.randint(0, 61, (3, 12)), torch.randint(0, 61, (3, 12))
+    y[torch.rand(3, 12) < 0.4] = -100
+    y[1] = -100
+    fast = model.loss(x, y)
+    fast_grads = torch.autograd.grad(fast, list(model.parameters()))
+    full = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    full_grads = torch.autograd.grad(full, list(model.parameters()))
+    assert torch.allclose(fast, full, atol=1e-6)
+    for a, b in zip(fast_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_parameter_count_and_flops():
     cfg = ModelConfig.llama_like(vocab_size=100, d_model=64, n_head=4, n_layer=3, d_ff=160, max_seq_len=32)
     model = Transformer(cfg)
