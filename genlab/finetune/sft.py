@@ -21,17 +21,21 @@ from genlab.train.trainer import TrainConfig
 
 
 class SFTDataset:
-    """Packed SFT rows; `batch` returns (tokens, targets, model kwargs) for the trainer."""
+    """Packed SFT rows; `batch` returns (tokens, targets, model kwargs) for the trainer.
+
+    With documents only (no conversations) it is a document-packed pretraining set: the speedrun
+    pretrains on it, so every row starts its documents at their first token."""
 
     def __init__(self, train_conversations: Sequence[Any], tokenizer, seq_len: int,
                  val_conversations: Sequence[Any] = (), seed: int = 0, pad_id: int = 0,
-                 documents: Sequence[Sequence[int]] = ()) -> None:
+                 documents: Sequence[Sequence[int]] = (), val_documents: Sequence[Sequence[int]] = ()) -> None:
         """documents: token id lists (BOS included) trained on every token, packed beside the conversations:
-        replay of pretraining text, so fine-tuning does not erase the facts the base model stored."""
+        replay of pretraining text, so fine-tuning does not erase the facts the base model stored. A document
+        longer than `seq_len` is cut into `seq_len` pieces (each trained on its tokens after the first), not
+        truncated: replay keeps all of its text."""
         self.seq_len, self.seed, self.pad_id = seq_len, seed, pad_id
-        self.train_examples = render_examples(train_conversations, tokenizer)
-        self.train_examples += [SFTExample(list(ids), [0] + [1] * (len(ids) - 1)) for ids in documents]
-        self.val_examples = render_examples(val_conversations, tokenizer)
+        self.train_examples = render_examples(train_conversations, tokenizer) + self._pieces(documents, seq_len)
+        self.val_examples = render_examples(val_conversations, tokenizer) + self._pieces(val_documents, seq_len)
         if not self.train_examples:
             raise GenlabError("no SFT conversations to train on")
         # Rows are packed once, from a seeded shuffle (so a row mixes conversation kinds); `batch` samples rows.
@@ -39,6 +43,12 @@ class SFTDataset:
         random.Random(seed).shuffle(order)
         self.rows = pack(order, seq_len, batch_size=1, pad_id=pad_id)
         self.n_target_tokens = sum(e.n_targets for e in self.train_examples)
+
+    @staticmethod
+    def _pieces(documents: Sequence[Sequence[int]], seq_len: int) -> list[SFTExample]:
+        """Documents as examples trained on every token after the first, cut into seq_len pieces."""
+        return [SFTExample(list(ids[i:i + seq_len]), [0] + [1] * (len(ids[i:i + seq_len]) - 1))
+                for ids in documents for i in range(0, len(ids), seq_len) if len(ids) - i > 1]
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -180,3 +180,31 @@ def test_replay_documents_train_on_every_token_beside_the_conversations(tokenize
     assert replay.n_target_tokens == plain.n_target_tokens + 2 * (len(doc) - 1)
     targets = [t for row in replay.rows for t in row.targets[0].tolist() if t != IGNORE_INDEX]
     assert Counter(targets)[doc[-1]] >= 2 and all(t in targets for t in doc[1:])
+
+
+
+def test_replay_documents_longer_than_a_row_are_cut_not_truncated(tokenizer):
+    """A replayed document longer than seq_len is split into seq_len pieces: every token is kept and each
+    piece trains on its tokens after the first (truncation would lose the document's end)."""
+    from genlab.finetune.sft import SFTDataset
+
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    doc = list(range(1, 47))  # 46 tokens in rows of 32: pieces of 32 and 14
+    plain = SFTDataset([conversation], tokenizer, 32)
+    replay = SFTDataset([conversation], tokenizer, 32, documents=[doc])
+    assert replay.n_target_tokens == plain.n_target_tokens + 31 + 13
+    pieces = replay.train_examples[1:]
+    assert [len(p) for p in pieces] == [32, 14]
+    assert [t for p in pieces for t in p.ids] == doc
+
+
+def test_val_documents_are_held_out_and_evaluated(tokenizer):
+    """val_documents (packed pretraining's held-out text) feed val_batches and never the training rows."""
+    from genlab.finetune.sft import SFTDataset
+
+    train_doc, val_doc = list(range(1, 30)), list(range(100, 140))
+    data = SFTDataset([], tokenizer, 32, documents=[train_doc], val_documents=[val_doc])
+    trained = {t for row in data.rows for t in row.tokens[0].tolist()}
+    assert trained.isdisjoint(val_doc) and set(train_doc) <= trained
+    evaluated = [t for x, _, _ in data.val_batches(4, 32) for t in x.flatten().tolist()]
+    assert set(val_doc) <= set(evaluated) and set(evaluated).isdisjoint(train_doc)
