@@ -9,18 +9,17 @@ for the base model (few-shot prompt) and the SFT model (chat prompt). By default
 digit and learns the chat's own words (world_tasks.tokenizer_texts), SFT answers are worked
 (genlab.data.world.worked: "I know that X lives in Y. Answer: Y", sums column by column as "47 + 38: 7+8=15,
 4+3+1=8. Answer: 85", an unknown name named before "I don't know"), the extra arithmetic practice in the mix
-is sums only, and both stages train in small batches (8 x 256 tokens, many steps). The default run (world
-seed 0) as measured last: (a) 80.5%, (b) 64%, (c) 88%, (d) 96.5%, (e) 99.5%, bpb 3.05 (base 2.84) on ~4 KB
-of held-out real text, in 762, 806, 864 and 1,051 s on four runs (pretraining at 3,877, 3,615, 3,500 and
-2,691 tok/s: this shared machine's speed varies; over 900 s on its slowest spells). The card is
-deterministic for a seed; small data changes move it a lot ((a) 77-84.5% across this configuration's
-neighbours). The step to here from (c) 9%: steps written without spaces ("7 + 8 = 15" -> "7+8=15"), practice
-without bare differences and products, and chat words in the tokenizer (conversations ~25% fewer tokens):
-(c) 90% at 900 + 600 steps; with the names kept out of the tokenizer's texts and 2,560 tokens (every name
-two tokens) (b) 31.5% -> 57.5%, and fewer steps (750 + 600) and evaluation through the paged engine (base-
-model evals 33 -> 10 s) brought the run from 1,003 s to 806 s. With bare answers, 1-3 digit number tokens
-and batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports through `SpeedrunHooks`, so the CLI can
-draw progress while this module never prints.
+is sums only, pretraining packs whole documents into its rows (8 x 256 tokens, segment masks), and SFT packs
+conversations and replayed documents into 16 x 128-token rows. The default run (world seed 0, 600 + 500
+steps) as measured last: (a) 93%, (b) 88%, (c) 86.5%, (d) 93%, (e) 95%. Packing was the step that mattered:
+with random 256-token windows (the first document of a window cut off from its name) the run needed 750 +
+600 steps for (a) 80.5%, (b) 64%, and took 762-1,051 s; packed, 700 + 600 steps gave (a) 94.5%, (b) 88%,
+(c) 96%, and 600 + 450 steps (a) 92%, (b) 81%, (c) 84% in 676 s. The card is deterministic for a seed;
+small changes move it a few points. Before that: steps written without spaces ("7 + 8 = 15" -> "7+8=15"),
+practice without bare differences and products, chat words in the tokenizer, names kept out of the
+tokenizer's texts (every name two tokens: (b) 31.5 -> 57.5%) and evaluation through the paged engine. With
+bare answers, 1-3 digit number tokens and batch 16 it was (a) 16%, (b) 12.5%, (c) 1.5%. Each stage reports
+through `SpeedrunHooks`, so the CLI can draw progress while this module never prints.
 
     genlab speedrun --quick
 """
@@ -78,15 +77,19 @@ class SpeedrunConfig:
     n_head: int = 4
     seq_len: int = 256
     batch_size: int = 8  # at equal tokens and time, 8 x 900 steps beat 16 x 450 (a: 57.5 -> 83%, c: 2 -> 52.5%)
-    steps: int = 750  # pretraining steps (~1.5M tokens: ~2.2 passes over the mix, ~4.4 over the world documents)
+    steps: int = 600  # pretraining steps (~1.2M tokens: ~1.8 passes over the mix, ~3.5 over the world documents)
+    packed_pretraining: bool = True  # whole documents packed into rows (segment masks) instead of random windows:
+    # at 700 + 600 steps (a) 80.5 -> 94.5%, (b) 64 -> 88% (random windows at 750 + 600); so fewer steps suffice
     mix_conversations: bool = True  # put the SFT conversations (and arithmetic practice) in the pretraining mix
     arithmetic_practice: int = 4_000  # extra worked sums (2- and 3-digit) in the mix
     world_repeats: int = 2  # copies of the world documents in the mix
     lr: float = 3e-3
     warmup: int = 60
     eval_every: int = 100
-    sft_steps: int = 600  # 500 -> 600: (a) 69.5 -> 75%, (b) 45.5 -> 54%, (c) 61 -> 63% (one run each)
-    sft_batch_size: int = 8
+    sft_steps: int = 500  # 450 -> 500 (600 pretraining steps): (c) 84 -> 86.5%, (e) 93.5 -> 95%
+    sft_seq_len: int = 128  # SFT rows: conversations are <= 104 tokens, so half-length rows pack as well and
+    # halve attention's cost (pretraining keeps seq_len: the base model's few-shot prompts need the positions)
+    sft_batch_size: int = 16  # rows of sft_seq_len: the same tokens a step as pretraining
     sft_lr: float = 1e-3  # high enough to learn extraction; replay (sft_replay) keeps the facts it would erase
     sft_replay: int = 1  # copies of the pretraining documents packed into SFT (replay: SFT keeps the stored facts)
     sft_method: str = "full"  # full | lora | dora (adapters are merged into the saved model)
@@ -120,6 +123,8 @@ class SpeedrunConfig:
             raise ConfigError(f"world_repeats must be >= 1, got {self.world_repeats}")
         if self.sft_replay < 0:
             raise ConfigError(f"sft_replay must be >= 0, got {self.sft_replay}")
+        if not 2 <= self.sft_seq_len <= self.seq_len:
+            raise ConfigError(f"sft_seq_len must be in [2, seq_len={self.seq_len}], got {self.sft_seq_len}")
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> "SpeedrunConfig":
@@ -233,7 +238,15 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         order = np.random.default_rng(cfg.seed).permutation(len(encoded))
         ids = np.fromiter((t for i in order for t in encoded[i]), dtype=np.int64)
         token_file = write_tokens(run / "data" / "tokens.bin", ids, vocab_size=tokenizer.vocab_size)
-    dataset = TokenDataset(token_file, val_fraction=0.02)
+    if cfg.packed_pretraining:
+        # Whole documents packed into rows (the packer SFT uses; segment masks, positions from 0): a fact
+        # is never cut off from the name it belongs to, as a random window would cut the first document.
+        shuffled = [encoded[i] for i in order]
+        n_val = max(1, len(shuffled) // 50)  # the last 2% held out, as the stream's split below
+        dataset = SFTDataset([], tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
+                             documents=shuffled[:-n_val], val_documents=shuffled[-n_val:])
+    else:
+        dataset = TokenDataset(token_file, val_fraction=0.02)
 
     model = Transformer(cfg.model_config(tokenizer.vocab_size))
     pre_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
@@ -257,9 +270,9 @@ def run_speedrun(cfg: SpeedrunConfig, hooks: SpeedrunHooks | None = None) -> Spe
         write_results(base_eval, run / "eval_base.json")
 
     trainable = prepare(model, cfg.sft_method, AdapterOptions(r=cfg.lora_r, alpha=cfg.lora_alpha))
-    sft_data = SFTDataset(conversations, tokenizer, cfg.seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
+    sft_data = SFTDataset(conversations, tokenizer, cfg.sft_seq_len, seed=cfg.seed, pad_id=tokenizer.special_tokens[END],
                           documents=(world_encoded + real_encoded) * cfg.sft_replay)
-    sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.seq_len, cfg.sft_lr, cfg.seed,
+    sft_cfg = sft_train_config(cfg.sft_steps, cfg.sft_batch_size, cfg.sft_seq_len, cfg.sft_lr, cfg.seed,
                                str(run / "sft"), resume=False)
     # SFT continues the curve's clock, probed twice as often (its end point is the full SFT eval below).
     sft_every = cfg.curve_every // 2
