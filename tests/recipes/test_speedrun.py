@@ -71,9 +71,10 @@ def test_saved_model_reloads_and_matches_saved_tokenizer(quick_run):
 def test_retrieval_stage_adds_rag_keys_and_report_section(tmp_path):
     from genlab.recipes.speedrun import SpeedrunConfig, run_speedrun
 
-    # quick, but with room in the context for a RAG prompt; the stage's own accuracy is tested in test_rag_stage.py
+    # quick, but with room in the context for a RAG prompt; the stage's own accuracy is tested in test_rag_stage.py.
+    # Pretraining on random windows of the token stream here, so that path keeps running too.
     cfg = SpeedrunConfig.preset("quick", seq_len=256, retrieval=True, runs_root=str(tmp_path), name="r", steps=10,
-                                sft_steps=4, curve_every=0)
+                                sft_steps=4, curve_every=0, packed_pretraining=False)
     result = run_speedrun(cfg)
     rag = result.summary["rag"]
     assert rag["hit_at_5"] >= 0.95  # hybrid retrieval finds the private documents whatever the generator
