@@ -56,7 +56,10 @@ def speedrun_report(cfg: Any, summary: dict[str, Any], samples: list[dict[str, s
         "of the final answer, the text after \"Answer:\" when the reply has one (JSON: parses with the required keys)."
         + (" SFT taught worked answers: recall the fact as a sentence, add by place value, then \"Answer: value\"."
            if getattr(cfg, "worked_answers", False) else "")
-        + (" The tokenizer splits every digit." if getattr(cfg, "digit_tokens", False) else ""),
+        + (" The tokenizer splits every digit." if getattr(cfg, "digit_tokens", False) else "")
+        + (" Pretraining packs whole documents into its rows (each attends only within itself), so the base model"
+           " has never seen several documents in one context: a few-shot prompt is new to it."
+           if getattr(cfg, "packed_pretraining", False) else ""),
         "## Report card",
         markdown_table(["stage"] + [title for _, title in CARD_COLUMNS], card),
         "![report card](plots/report_card.png)",
