@@ -47,8 +47,8 @@ class SFTDataset:
     @staticmethod
     def _pieces(documents: Sequence[Sequence[int]], seq_len: int) -> list[SFTExample]:
         """Documents as examples trained on every token after the first, cut into seq_len pieces."""
-        return [SFTExample(list(ids[i:i + seq_len]), [0] + [1] * (len(ids[i:i + seq_len]) - 1))
-                for ids in documents for i in range(0, len(ids), seq_len) if len(ids) - i > 1]
+        pieces = (ids[i:i + seq_len] for ids in documents for i in range(0, len(ids), seq_len))
+        return [SFTExample(list(p), [0] + [1] * (len(p) - 1)) for p in pieces if len(p) > 1]
 
     def __len__(self) -> int:
         return len(self.rows)
