@@ -204,10 +204,12 @@ def reward(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PAIRS, wor
     _finish(run_dir, None, tok, "full", out.loop.rows, ("loss", "accuracy"), result, "reward model")
 
 
-def _rl_eval(lm, tok, held_items) -> float:
+def _rl_eval(lm, tok, held_items, suffix: str = "") -> dict[str, float]:
+    """Held-out verifiable exact match, greedy and sampled (keys end with `suffix`)."""
     from genlab.recipes.align_stages import verifiable_metrics
 
-    return verifiable_metrics(lm, tok, held_items)["verifiable_exact_match"]
+    metrics = verifiable_metrics(lm, tok, held_items)
+    return {key + suffix: metrics[key] for key in ("verifiable_exact_match", "verifiable_exact_match_sampled")}
 
 
 def ppo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS,
@@ -235,11 +237,11 @@ def ppo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS,
     cfg = PPOConfig(steps=steps, prompts_per_step=prompts_per_step, lr=lr, kl_coef=kl_coef, ppo_epochs=ppo_epochs,
                     minibatch_size=minibatch_size, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                     time_budget_s=time_budget)
-    before = _rl_eval(lm, tok, held_items)
+    before = _rl_eval(lm, tok, held_items, "_before")
     with TrainProgress(steps, "ppo", console) as bar:
         out = PPOTrainer(lm, task, cfg).train(run_dir, bar, {"command": "ppo", "reward_model": str(reward_model)})
-    result = {"verifiable_exact_match": _rl_eval(lm, tok, held_items), "verifiable_exact_match_before": before,
-              "final_score": out.rows[-1]["score"], "kl": out.rows[-1]["kl"], "steps": out.steps}
+    result = {**_rl_eval(lm, tok, held_items), **before, "final_score": out.rows[-1]["score"], "kl": out.rows[-1]["kl"],
+              "steps": out.steps}
     _finish(run_dir, lm, tok, method, out.rows, ("score", "kl", "value_loss"), result, "PPO")
 
 
@@ -265,13 +267,13 @@ def grpo(model: Optional[Path] = MODEL, data: Optional[Path] = DATA_PROMPTS, wor
     cfg = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, lr=lr, kl_coef=kl_coef,
                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, time_budget_s=time_budget,
                      loss_type=loss_type)
-    before = _rl_eval(lm, tok, held_items)
+    before = _rl_eval(lm, tok, held_items, "_before")
     reference = FrozenReference(lm)  # a copy, or the LoRA base
     trainer = GRPOTrainer(lm, chat_task(tok, train_items), cfg, ref_model=None if reference.mode == "adapters" else reference.model)
     with TrainProgress(steps, "grpo", console) as bar:
         out = trainer.train(run_dir, bar, config={"command": "grpo"})
     held = chat_task(tok, held_items)
     kl = kl_to_reference(lm, reference, held.prompts, held.end_ids, held.pad_id, max_new_tokens=max_new_tokens, seed=seed)
-    result = {"verifiable_exact_match": _rl_eval(lm, tok, held_items), "verifiable_exact_match_before": before,
-              "kl_to_reference": kl["kl_per_sequence"], "steps": out.steps}
+    result = {**_rl_eval(lm, tok, held_items), **before, "kl_to_reference": kl["kl_per_sequence"],
+              "steps": out.steps}
     _finish(run_dir, lm, tok, method, out.rows, ("reward", "kl", "loss"), result, "GRPO")

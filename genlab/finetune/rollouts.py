@@ -154,6 +154,23 @@ def chat_task(tokenizer, items: Sequence[Mapping], reward_fn: Callable[[Mapping,
     return RLTask(prompts, score, {end}, end)
 
 
+@torch.no_grad()
+def sampled_rewards(model, task: RLTask, samples_per_prompt: int = 4, max_new_tokens: int = 64,
+                    temperature: float = 1.0, seed: int = 0) -> Tensor:
+    """Per prompt of `task`, the mean score of `samples_per_prompt` completions sampled at `temperature` [P].
+
+    With a 0/1 verifiable reward its mean is pass@1 estimated from k samples, as DeepSeek-R1 (2025, §3.1) reports
+    it: the success rate of the policy's own samples, which is what RL optimises (greedy reads only the mode).
+    """
+    if samples_per_prompt < 1:
+        raise ConfigError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    indices = [i for i in range(len(task.prompts)) for _ in range(samples_per_prompt)]
+    generator = torch.Generator().manual_seed(seed)
+    completions = sample_completions(model, [task.prompts[i] for i in indices], max_new_tokens, temperature,
+                                     task.end_ids, generator)
+    return task.score(indices, completions).view(len(task.prompts), samples_per_prompt).mean(1)
+
+
 class FrozenReference:
     """The reference policy of RLHF: a frozen copy of the starting policy (or the given `ref_model`), or, for a
     LoRA policy, the policy itself with its adapters switched off (mode "adapters"; "auto" picks it when the

@@ -21,6 +21,9 @@ Metrics (all on the held-out side):
   equal to the chosen one under genlab.data.world.normalize_answer; for "I don't know" prompts the chosen
   answer is "I don't know."). The rejected styles (wrong, rambling, rambling and wrong) all fail.
 - verifiable_exact_match: greedy exact match (world normaliser) on held-out verifiable prompts.
+- verifiable_exact_match_sampled: the same prompts, the mean exact match of SAMPLED_PER_PROMPT completions sampled
+  at temperature 1 (pass@1 from k samples, DeepSeek-R1's protocol; genlab.finetune.rollouts.sampled_rewards): the
+  success rate of the policy's own samples, the quantity GRPO raises, where greedy reads only the mode.
 - kl_to_reference: KL(π‖π_SFT) in nats per completion, sampled at temperature 1 on held-out verifiable prompts
   (genlab.finetune.grpo.kl_to_reference: exact per-position KL summed over the completion).
 
@@ -47,7 +50,7 @@ from genlab.finetune.preference_data import PreferenceData, held_out_split
 from genlab.finetune.preference_trainer import PreferenceConfig, PreferenceTrainer
 from genlab.finetune.reward import RewardModel
 from genlab.finetune.reward_trainer import RewardConfig, save_reward_model, train_reward_model
-from genlab.finetune.rollouts import FrozenReference, chat_task
+from genlab.finetune.rollouts import FrozenReference, chat_task, sampled_rewards
 from genlab.models.hf_io import load_pretrained, save_pretrained
 from genlab.recipes.plots import plot_curves
 from genlab.tokenizers import BPETokenizer
@@ -57,6 +60,7 @@ PROMPT_HELD_OUT_FRACTION = 0.5
 CONCISE_WORDS = 8
 STYLE_MAX_TOKENS = 48  # long enough for a whole ramble, so a rambling reply is seen as one
 VERIFIABLE_MAX_TOKENS = 64  # room for a worked answer (steps, then "Answer: value")
+SAMPLED_PER_PROMPT = 4  # samples a held-out verifiable prompt for the sampled exact match
 WORKED_NEW_TOKENS = 48  # GRPO samples this long when the world's answers are worked
 StepCallback = Callable[[dict[str, Any]], Any]
 
@@ -90,17 +94,26 @@ def style_metrics(model: nn.Module, tokenizer, pairs: Sequence[Mapping]) -> dict
             "concise_rate": sum(f["concise"] for f in flags) / n, "correct_rate": sum(f["correct"] for f in flags) / n}
 
 
-def verifiable_metrics(model: nn.Module, tokenizer, items: Sequence[Mapping]) -> dict[str, Any]:
-    """{"verifiable_exact_match", "by_kind"}: greedy exact match on `items`."""
+def verifiable_metrics(model: nn.Module, tokenizer, items: Sequence[Mapping], seed: int = 0) -> dict[str, Any]:
+    """On `items`: {"verifiable_exact_match", "by_kind"}, greedy exact match overall and by item kind, and
+    {"verifiable_exact_match_sampled", "by_kind_sampled"}, the mean exact match of SAMPLED_PER_PROMPT samples at
+    temperature 1."""
     result = exact_match(model, tokenizer, items, max_tokens=VERIFIABLE_MAX_TOKENS, checkers={})
-    return {"verifiable_exact_match": result["accuracy"], "by_kind": result["by_detail"]}
+    rates = sampled_rewards(model, chat_task(tokenizer, items), SAMPLED_PER_PROMPT, VERIFIABLE_MAX_TOKENS, 1.0, seed)
+    kinds = sorted({item["kind"] for item in items})
+    by_kind = {kind: float(rates[[i for i, item in enumerate(items) if item["kind"] == kind]].mean()) for kind in kinds}
+    return {"verifiable_exact_match": result["accuracy"], "by_kind": result["by_detail"],
+            "verifiable_exact_match_sampled": float(rates.mean()), "by_kind_sampled": by_kind}
 
 
 def sft_alignment_metrics(model: nn.Module, tokenizer, world: World) -> dict[str, float]:
-    """The SFT row's comparison values: {"verifiable_exact_match", "chosen_style_rate"} on the held-out splits."""
+    """The SFT row's comparison values on the held-out splits: {"verifiable_exact_match",
+    "verifiable_exact_match_sampled", "chosen_style_rate"}."""
     _, held_pairs = preference_split(world)
     _, held_prompts = verifiable_split(world)
-    return {"verifiable_exact_match": verifiable_metrics(model, tokenizer, held_prompts)["verifiable_exact_match"],
+    verifiable = verifiable_metrics(model, tokenizer, held_prompts)
+    return {"verifiable_exact_match": verifiable["verifiable_exact_match"],
+            "verifiable_exact_match_sampled": verifiable["verifiable_exact_match_sampled"],
             "chosen_style_rate": style_metrics(model, tokenizer, held_pairs)["chosen_style_rate"]}
 
 
@@ -258,11 +271,15 @@ def grpo_stage(source, world: World, config: GRPOStageConfig | None = None, run_
     after = verifiable_metrics(model, tokenizer, held_items)
     held_task = chat_task(tokenizer, held_items)
     kl = kl_to_reference(model, reference, held_task.prompts, held_task.end_ids, held_task.pad_id,
-                         cfg.kl_samples_per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.seed)
+                         cfg.kl_samples_per_prompt, gcfg.max_new_tokens, cfg.temperature, cfg.seed)
     result = {"verifiable_exact_match": after["verifiable_exact_match"],
               "verifiable_exact_match_before": before["verifiable_exact_match"],
+              "verifiable_exact_match_sampled": after["verifiable_exact_match_sampled"],
+              "verifiable_exact_match_sampled_before": before["verifiable_exact_match_sampled"],
               "kl_to_reference": kl["kl_per_sequence"], "kl_per_token": kl["kl_per_token"],
-              "by_kind": after["by_kind"], "by_kind_before": before["by_kind"], "held_out_prompts": len(held_items),
-              "train_prompts": len(train_items), "steps": out.steps, "seconds": round(time.perf_counter() - start, 1)}
+              "by_kind": after["by_kind"], "by_kind_before": before["by_kind"],
+              "by_kind_sampled": after["by_kind_sampled"], "by_kind_sampled_before": before["by_kind_sampled"],
+              "held_out_prompts": len(held_items), "train_prompts": len(train_items), "steps": out.steps,
+              "seconds": round(time.perf_counter() - start, 1)}
     return _finish(run_dir, model if cfg.save_model else None, tokenizer, out.rows,
                    {"reward": "reward", "kl": "kl"}, _round(result), "GRPO")

@@ -3,7 +3,8 @@
 Handbook IV (reward models, RLHF, DPO, RL with verifiable rewards) and V (RAG). Each stage starts from the
 SFT model (copied; the SFT model itself is never changed), writes its own run subdirectory, and returns the
 dict that lands in summary.json under the issue's keys: "reward_model", the preference loss's name (e.g.
-"dpo"), "grpo", "rag"; the SFT row gains "verifiable_exact_match" and "chosen_style_rate" to compare against.
+"dpo"), "grpo", "rag"; the SFT row gains "verifiable_exact_match" (greedy), "verifiable_exact_match_sampled" (4
+samples at temperature 1) and "chosen_style_rate" to compare against.
 Report rows: each trained stage is also scored on the report card's sets (a)-(e).
 
     genlab speedrun --quick --align dpo --rl grpo --retrieval
@@ -115,21 +116,23 @@ def stages_report(summary: dict[str, Any]) -> str:
     align_keys = [k for k in ALIGN_LOSSES + RL_METHODS if k in summary]
     if "reward_model" in summary or align_keys:
         rows = [["SFT (reference)", "-", "-", _pct(sft.get("chosen_style_rate")), _pct(sft.get("verifiable_exact_match")),
-                 "-"]]
+                 _pct(sft.get("verifiable_exact_match_sampled")), "-"]]
         if "reward_model" in summary:
-            rows.append(["reward model", _pct(summary["reward_model"]["pairwise_accuracy"]), "-", "-", "-", "-"])
+            rows.append(["reward model", _pct(summary["reward_model"]["pairwise_accuracy"]), "-", "-", "-", "-", "-"])
         for key in align_keys:
             r = summary[key]
             rows.append([key, "-",
                          f"{_pct(r.get('implicit_reward_accuracy_before'))} -> {_pct(r.get('implicit_reward_accuracy'))}"
                          if "implicit_reward_accuracy" in r else "-",
                          _pct(r.get("chosen_style_rate")), _pct(r.get("verifiable_exact_match")),
+                         _pct(r.get("verifiable_exact_match_sampled")),
                          f"{r['kl_to_reference']:.3f}" if "kl_to_reference" in r else "-"])
         parts.append("## Alignment\n\nHeld-out preference pairs and verifiable prompts (never trained on). Bars: "
                      "reward model >= 85% pairwise; DPO implicit-reward accuracy >= 80%; GRPO >= +10 points "
-                     "verifiable exact match over SFT.\n\n" + markdown_table(
+                     "verifiable exact match over SFT. Verifiable exact match is read greedily and as the mean "
+                     "over 4 samples at temperature 1 (pass@1, the policy's own success rate).\n\n" + markdown_table(
                          ["stage", "pairwise acc.", "implicit-reward acc.", "chosen-style rate",
-                          "verifiable exact match", "KL to SFT (nats/seq)"], rows))
+                          "verifiable exact match (greedy)", "(samples, T=1)", "KL to SFT (nats/seq)"], rows))
     if "rag" in summary:
         parts.append(rag_report_table(summary["rag"]))
     return "\n\n".join(parts)

@@ -86,7 +86,8 @@ def test_grpo_reports_exact_match_and_kl(model_dir, tmp_path):
     invoke("grpo", model_dir, *WORLD, "--steps", 2, "--prompts-per-step", 2, "--group-size", 3,
            "--max-new-tokens", 4, "--fresh-sums", 50, "--loss-type", "dr_grpo", "--run-dir", run)
     result = json.loads((run / "result.json").read_text())
-    assert {"verifiable_exact_match", "verifiable_exact_match_before", "kl_to_reference"} <= set(result)
+    assert {"verifiable_exact_match", "verifiable_exact_match_before", "verifiable_exact_match_sampled",
+            "verifiable_exact_match_sampled_before", "kl_to_reference"} <= set(result)
     assert result["kl_to_reference"] >= 0.0
 
 

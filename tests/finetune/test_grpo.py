@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from genlab.data.chat import END, add_chat_tokens
+from genlab.errors import ConfigError
 from genlab.evals.greedy import greedy_batched
 from genlab.finetune.grpo import GRPOConfig, GRPOTrainer, kl_to_reference
 from genlab.finetune.lora import LoraConfig, add_adapter, mark_only_adapters_trainable
 from genlab.finetune.rollouts import (FrozenReference, RLTask, chat_task, rollout_batch, sample_completions,
-                                      verifiable_reward)
+                                      sampled_rewards, verifiable_reward)
 from genlab.models import ModelConfig, Transformer
 from genlab.tokenizers import BPETokenizer
 
@@ -81,6 +82,23 @@ def test_kl_to_reference_is_exact_for_one_token_completions():
     assert measured["kl_per_sequence"] == pytest.approx(float(sum(exact) / 2), rel=1e-4)
     same = kl_to_reference(policy, FrozenReference(policy, "copy"), prompts, {STOP}, PAD, max_new_tokens=4)
     assert same["kl_per_sequence"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sampled_rewards_estimate_the_policys_success_probability():
+    policy, task = tiny_policy(), first_token_task()
+    torch.nn.init.normal_(policy.embed.weight, std=1.0)
+    with torch.no_grad():  # reward 1 iff the first token is TARGET: its exact probability under the policy
+        exact = torch.stack([torch.softmax(policy(torch.tensor([p]))[0, -1], -1)[TARGET] for p in task.prompts])
+    rates = sampled_rewards(policy, task, samples_per_prompt=400, max_new_tokens=1, seed=1)
+    assert rates.shape == (10,)
+    mean = float(exact.mean())
+    assert float(rates.mean()) == pytest.approx(mean, abs=4 * (mean * (1 - mean) / 4000) ** 0.5 + 1e-3)
+    assert torch.equal(rates, sampled_rewards(policy, task, samples_per_prompt=400, max_new_tokens=1, seed=1))
+    greedy = sample_completions(policy, task.prompts, 1, temperature=0.0, end_ids=task.end_ids)
+    hits = torch.tensor([float(c[0] == TARGET) for c in greedy])  # temperature 0: every sample is the greedy one
+    assert torch.equal(sampled_rewards(policy, task, samples_per_prompt=3, max_new_tokens=1, temperature=0.0), hits)
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        sampled_rewards(policy, task, samples_per_prompt=0)
 
 
 def test_lora_policy_uses_its_base_as_reference():

@@ -74,7 +74,7 @@ def test_fresh_training_sums_avoid_held_out_and_reserved_sums(world):
 
 def test_sft_alignment_metrics(chat_model, world):
     metrics = A.sft_alignment_metrics(*chat_model, world)
-    assert set(metrics) == {"verifiable_exact_match", "chosen_style_rate"}
+    assert set(metrics) == {"verifiable_exact_match", "verifiable_exact_match_sampled", "chosen_style_rate"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
 
 
@@ -109,7 +109,9 @@ def test_grpo_stage(chat_model, world, tmp_path):
     cfg = A.GRPOStageConfig(steps=2, prompts_per_step=2, group_size=3, max_new_tokens=4, kl_samples_per_prompt=1,
                             train_kinds=("arithmetic",), save_model=False)
     result, run = run_stage(A.grpo_stage, cfg, chat_model, world, tmp_path)
-    assert {"verifiable_exact_match", "kl_to_reference", "verifiable_exact_match_before"} <= set(result)
+    assert {"verifiable_exact_match", "kl_to_reference", "verifiable_exact_match_before",
+            "verifiable_exact_match_sampled", "verifiable_exact_match_sampled_before"} <= set(result)
     # a random model never answers arithmetic right: every group's rewards tie, advantages are 0, nothing moves
     assert result["kl_to_reference"] == 0.0 and result["verifiable_exact_match"] == result["verifiable_exact_match_before"]
+    assert result["verifiable_exact_match_sampled"] == result["verifiable_exact_match_sampled_before"]
     assert not (run / "model").exists()

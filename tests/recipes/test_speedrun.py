@@ -50,9 +50,11 @@ def test_alignment_stages_report_their_keys(quick_run):
     assert 0.0 <= summary["reward_model"]["pairwise_accuracy"] <= 1.0
     assert summary["dpo"]["implicit_reward_accuracy_before"] == 0.5  # the policy equals its reference at the start
     assert {"implicit_reward_accuracy", "chosen_style_rate"} <= set(summary["dpo"])
-    assert {"verifiable_exact_match", "kl_to_reference"} <= set(summary["grpo"])
+    assert {"verifiable_exact_match", "verifiable_exact_match_sampled", "kl_to_reference"} <= set(summary["grpo"])
     assert summary["grpo"]["kl_to_reference"] >= 0.0
-    assert {"verifiable_exact_match", "chosen_style_rate"} <= set(summary["stages"]["sft"])
+    sft = summary["stages"]["sft"]
+    assert {"verifiable_exact_match", "verifiable_exact_match_sampled", "chosen_style_rate"} <= set(sft)
+    assert sft["verifiable_exact_match_sampled"] == summary["grpo"]["verifiable_exact_match_sampled_before"]
     assert {"dpo", "grpo"} <= set(summary["stages"])  # report-card rows for the trained stages
     for name in ["reward/result.json", "dpo/model/model.safetensors", "grpo/model/model.safetensors"]:
         assert (quick_run / name).is_file(), name
