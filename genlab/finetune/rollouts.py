@@ -159,7 +159,7 @@ def sampled_rewards(model, task: RLTask, samples_per_prompt: int = 4, max_new_to
                     temperature: float = 1.0, seed: int = 0) -> Tensor:
     """Per prompt of `task`, the mean score of `samples_per_prompt` completions sampled at `temperature` [P].
 
-    With a 0/1 verifiable reward its mean is pass@1 estimated from k samples, as DeepSeek-R1 (2025, §3.1) reports
+    With a 0/1 verifiable reward its mean is pass@1 estimated from k samples, as DeepSeek-R1 (2025) reports
     it: the success rate of the policy's own samples, which is what RL optimises (greedy reads only the mode).
     """
     if samples_per_prompt < 1:

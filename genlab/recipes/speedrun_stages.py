@@ -3,8 +3,8 @@
 Handbook IV (reward models, RLHF, DPO, RL with verifiable rewards) and V (RAG). Each stage starts from the
 SFT model (copied; the SFT model itself is never changed), writes its own run subdirectory, and returns the
 dict that lands in summary.json under the issue's keys: "reward_model", the preference loss's name (e.g.
-"dpo"), "grpo", "rag"; the SFT row gains "verifiable_exact_match" (greedy), "verifiable_exact_match_sampled" (4
-samples at temperature 1) and "chosen_style_rate" to compare against.
+"dpo"), "grpo", "rag"; the SFT row gains "verifiable_exact_match" (greedy), "verifiable_exact_match_sampled"
+(align_stages.SAMPLED_PER_PROMPT samples at temperature 1) and "chosen_style_rate" to compare against.
 Report rows: each trained stage is also scored on the report card's sets (a)-(e).
 
     genlab speedrun --quick --align dpo --rl grpo --retrieval
@@ -21,8 +21,8 @@ from genlab.data.world import World
 from genlab.errors import ConfigError
 from genlab.finetune.preference_trainer import LOSSES
 from genlab.models.hf_io import load_pretrained, save_pretrained
-from genlab.recipes.align_stages import (DPOStageConfig, GRPOStageConfig, RewardStageConfig, dpo_stage, grpo_stage,
-                                         reward_model_stage, sft_alignment_metrics)
+from genlab.recipes.align_stages import (SAMPLED_PER_PROMPT, DPOStageConfig, GRPOStageConfig, RewardStageConfig,
+                                         dpo_stage, grpo_stage, reward_model_stage, sft_alignment_metrics)
 from genlab.recipes.rag_stage import RagStageConfig, rag_report_table, run_rag_stage
 from genlab.recipes.rag_training import RagTuneConfig, rag_finetune
 from genlab.recipes.report import markdown_table
@@ -130,7 +130,8 @@ def stages_report(summary: dict[str, Any]) -> str:
         parts.append("## Alignment\n\nHeld-out preference pairs and verifiable prompts (never trained on). Bars: "
                      "reward model >= 85% pairwise; DPO implicit-reward accuracy >= 80%; GRPO >= +10 points "
                      "verifiable exact match over SFT. Verifiable exact match is read greedily and as the mean "
-                     "over 4 samples at temperature 1 (pass@1, the policy's own success rate).\n\n" + markdown_table(
+                     f"over {SAMPLED_PER_PROMPT} samples at temperature 1 (pass@1, the policy's own success rate)."
+                     "\n\n" + markdown_table(
                          ["stage", "pairwise acc.", "implicit-reward acc.", "chosen-style rate",
                           "verifiable exact match (greedy)", "(samples, T=1)", "KL to SFT (nats/seq)"], rows))
     if "rag" in summary:
